@@ -1,0 +1,88 @@
+"""Publishing: verify a bundle, then move the pointer forward (local CURRENT, Redis key, then the event)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import redis
+
+from index.bundle import SnapshotError, manifest_sha256, verify_files
+from index.store import LocalStore, Pointer
+from index.versions import is_newer
+
+DEFAULT_PREFIX = "ebr:snapshot"
+
+
+def current_key(prefix: str) -> str:
+    return f"{prefix}:current"
+
+
+def events_channel(prefix: str) -> str:
+    return f"{prefix}:events"
+
+
+def replicas_key(prefix: str) -> str:
+    return f"{prefix}:replicas"
+
+
+class PublishError(Exception):
+    pass
+
+
+def read_redis_pointer(client: redis.Redis, prefix: str) -> Pointer | None:
+    raw = client.get(current_key(prefix))
+    return None if raw is None else Pointer.model_validate_json(raw)
+
+
+def publish(
+    store: LocalStore,
+    version: str,
+    client: redis.Redis | None = None,
+    prefix: str = DEFAULT_PREFIX,
+    force: bool = False,
+) -> Pointer:
+    """Point serving at `version`. Refuses an unverifiable bundle, and an older version unless `force`d.
+
+    The local CURRENT is written first so that a replica that cannot reach Redis still finds the newest
+    snapshot; with Redis, the key is the source of truth, moved forward under WATCH so two publishers
+    racing cannot move it backwards, and the event is only a hint that follows it.
+    """
+    bundle = store.path(version)
+    try:
+        verify_files(bundle)
+    except SnapshotError as e:
+        raise PublishError(f"refusing to publish {version}: {e}") from None
+    pointer = Pointer(
+        version=version,
+        uri=store.uri(version),
+        manifest_sha256=manifest_sha256(bundle),
+        published_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+    )
+    if client is None:
+        _refuse_older(version, store.read_pointer(), force)
+        store.write_pointer(pointer)
+        return pointer
+    payload = pointer.model_dump_json()
+    key = current_key(prefix)
+    with client.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                raw = pipe.get(key)
+                _refuse_older(version, None if raw is None else Pointer.model_validate_json(raw), force)
+                store.write_pointer(pointer)
+                pipe.multi()
+                pipe.set(key, payload)
+                pipe.execute()
+                break
+            except redis.WatchError:
+                continue
+    client.publish(events_channel(prefix), payload)
+    return pointer
+
+
+def _refuse_older(version: str, current: Pointer | None, force: bool) -> None:
+    if not force and current is not None and not is_newer(version, current.version):
+        raise PublishError(
+            f"refusing to publish {version}: it is not newer than the current {current.version} (use force)"
+        )

@@ -1,0 +1,349 @@
+"""The FastAPI app: routes and the lifespan that owns Redis, the holder, the watcher and the batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import redis.asyncio as aioredis
+import structlog
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from index.store import LocalStore
+from service.batching import Batcher
+from service.devices import Placement, choose_placement
+from service.errors import (
+    BadRequestBodyError,
+    BodyTooLargeError,
+    NotReadyError,
+    UnsupportedMediaTypeError,
+    handlers,
+    json_response,
+)
+from service.holder import LoadInProgressError, SnapshotHolder
+from service.logs import configure_logging
+from service.metrics import Metrics
+from service.requests import ReloadRequest, RetrieveResponse, SnapshotInfo, retrieve_request_model
+from service.settings import Settings
+from service.snapshot import Snapshot
+from service.validation import validate_features
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    metrics: Metrics
+    placement: Placement
+    holder: SnapshotHolder
+    batcher: Batcher
+    watcher: Any
+    draining: bool = False
+
+
+def snapshot_info(snapshot: Snapshot) -> dict[str, Any]:
+    m = snapshot.manifest
+    return SnapshotInfo(
+        version=m.version,
+        created_at=m.created_at,
+        dim=m.dim,
+        num_candidates=m.num_candidates,
+        index_factory=m.index_factory,
+        device=snapshot.placement.device,
+        search_defaults=m.search_defaults.model_dump(),
+        feature_spec=m.feature_spec.model_dump(),
+        build_report=m.build_report.model_dump(),
+        gate=snapshot.gate,
+    ).model_dump()
+
+
+class TimingMiddleware:
+    """Request id, timing header and the request-seconds metric, without Starlette's slower middleware."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        status = 500
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                    (b"server-timing", f"total;dur={elapsed_ms:.2f}".encode()),
+                ]
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_with_headers)
+            finally:
+                route = scope.get("route")
+                path = getattr(route, "path", "unmatched")
+                self.metrics.request_seconds.labels(route=path, status=str(status)).observe(
+                    time.perf_counter() - started
+                )
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))[:128]
+    return None
+
+
+async def read_json_body(request: Request, limit: int) -> bytes:
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise UnsupportedMediaTypeError(f"expected Content-Type application/json, got {content_type!r}")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLargeError(f"body of {declared} bytes exceeds the {limit}-byte limit")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLargeError(f"body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_body(model: type[BaseModel], body: bytes) -> Any:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as e:
+        raise BadRequestBodyError(
+            [
+                {"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]}
+                for err in e.errors(include_url=False, include_context=False, include_input=False)
+            ]
+        ) from None
+
+
+def create_app(settings: Settings) -> FastAPI:
+    configure_logging(settings.log_level)
+    metrics = Metrics()
+    retrieve_model = retrieve_request_model(settings.k_default, settings.k_max, settings.max_exclude)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from service.watcher import Watcher
+
+        faiss.omp_set_num_threads(settings.threads)
+        store = LocalStore(settings.store)
+        placement = choose_placement(settings.device)
+        client = (
+            aioredis.Redis.from_url(
+                settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=5
+            )
+            if settings.redis_url
+            else None
+        )
+        reporters: list[Callable[[], Coroutine[Any, Any, None]]] = []
+
+        def on_change() -> None:
+            for report in reporters:
+                asyncio.get_running_loop().create_task(report())
+
+        holder = SnapshotHolder(store, placement, metrics, settings.threads, settings.quality_gate_recall, on_change)
+        watcher = Watcher(holder, store, client, settings.redis_prefix, settings.replica_id, settings.poll_interval_s)
+        reporters.append(watcher.report)
+        batcher = Batcher(settings.max_batch_size, settings.max_batch_wait_ms / 1000, settings.max_queue, metrics)
+        runtime = Runtime(settings, metrics, placement, holder, batcher, watcher)
+        app.state.runtime = runtime
+        restore = _drain_on_sigterm(runtime)
+        tasks = [
+            asyncio.create_task(watcher.run_follower(), name="follower"),
+            asyncio.create_task(watcher.run_loader(), name="loader"),
+            asyncio.create_task(batcher.run(), name="batcher"),
+        ]
+        log.info("started", replica=settings.replica_id, store=str(store.root), redis=bool(client))
+        try:
+            yield
+        finally:
+            restore()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await watcher.report("stopped")
+            batcher.close()
+            if client is not None:
+                await client.aclose()
+
+    app = FastAPI(title="ebr", version="0.1.0", lifespan=lifespan, exception_handlers=handlers())  # type: ignore[arg-type]
+    app.add_middleware(TimingMiddleware, metrics=metrics)
+
+    def runtime_of(request: Request) -> Runtime:
+        return request.app.state.runtime
+
+    @app.post(
+        "/v1/retrieve",
+        response_model=RetrieveResponse,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": retrieve_model.model_json_schema()}},
+            }
+        },
+        responses={413: {}, 415: {}, 422: {}, 429: {}, 503: {}},
+    )
+    async def retrieve(request: Request) -> Response:
+        runtime = runtime_of(request)
+        body = parse_body(retrieve_model, await read_json_body(request, settings.max_body_bytes))
+        snapshot = runtime.holder.current
+        if snapshot is None:
+            raise NotReadyError("no snapshot is serving yet")
+        features = validate_features(snapshot.manifest.feature_spec, body.features)
+        hits = await runtime.batcher.submit(
+            snapshot,
+            features,
+            body.k,
+            frozenset(body.exclude_ids),
+            settings.request_timeout_ms / 1000,
+        )
+        return json_response(
+            {"ids": hits.ids, "scores": hits.scores, "snapshot": snapshot.version},
+            headers={"X-Snapshot-Version": snapshot.version},
+        )
+
+    @app.get("/livez")
+    async def livez() -> Response:
+        return json_response({"status": "alive"})
+
+    @app.get("/readyz", responses={503: {}})
+    async def readyz(request: Request) -> Response:
+        runtime = runtime_of(request)
+        snapshot = runtime.holder.current
+        if runtime.draining:
+            return json_response({"status": "draining"}, 503)
+        if snapshot is None:
+            return json_response({"status": "starting", "loading": runtime.holder.loading}, 503)
+        return json_response({"status": "ready", "snapshot": snapshot.version})
+
+    @app.get("/v1/snapshot", response_model=SnapshotInfo, responses={503: {}})
+    async def snapshot_route(request: Request) -> Response:
+        snapshot = runtime_of(request).holder.current
+        if snapshot is None:
+            raise NotReadyError("no snapshot is serving yet")
+        return json_response(snapshot_info(snapshot))
+
+    @app.get("/metrics")
+    async def metrics_route() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    if settings.admin_token is not None:
+        app.include_router(admin_router(settings.admin_token.get_secret_value(), runtime_of))
+    return app
+
+
+def admin_router(token: str, runtime_of: Callable[[Request], Runtime]) -> APIRouter:
+    expected = f"Bearer {token}".encode()
+
+    def authorised(authorization: str = Header("")) -> None:
+        if not hmac.compare_digest(authorization.encode(), expected):
+            raise HTTPException(401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"})
+
+    router = APIRouter(prefix="/admin", dependencies=[Depends(authorised)])
+
+    @router.get("/status")
+    async def status(request: Request) -> Response:
+        runtime = runtime_of(request)
+        holder, watcher = runtime.holder, runtime.watcher
+        fleet = await watcher.fleet()
+        published = watcher.wanted.version if watcher.wanted else None
+        failure = holder.last_failure
+        return json_response(
+            {
+                "replica": runtime.settings.replica_id,
+                "device": runtime.placement.device,
+                "serving": snapshot_info(holder.current) if holder.current else None,
+                "previous": holder.previous_version,
+                "loading": holder.loading,
+                "last_failure": failure.__dict__ if failure else None,
+                "watcher": watcher.status(),
+                "published": published,
+                "fleet": fleet,
+                "fleet_serving_published": sum(
+                    1 for r in fleet.values() if isinstance(r, dict) and r.get("version") == published
+                ),
+            }
+        )
+
+    @router.post("/reload", responses={409: {}, 422: {}})
+    async def reload(request: Request, body: ReloadRequest | None = None) -> Response:
+        runtime = runtime_of(request)
+        holder, watcher = runtime.holder, runtime.watcher
+        if holder.busy:
+            raise LoadInProgressError(f"a load of {holder.loading} is in progress")
+        if body is not None and body.version is not None:
+            snapshot = await holder.load(body.version, wait=False)
+            watcher.pin(body.version)
+        else:
+            watcher.unpin()
+            pointer = watcher.wanted
+            if pointer is None:
+                raise NotReadyError("no published pointer is known")
+            snapshot = await holder.load(pointer.version, wait=False)
+        return json_response({"serving": snapshot.version, "pinned": watcher.pinned})
+
+    @router.post("/rollback", responses={409: {}, 422: {}})
+    async def rollback(request: Request) -> Response:
+        runtime = runtime_of(request)
+        holder, watcher = runtime.holder, runtime.watcher
+        previous = holder.previous_version
+        if previous is None:
+            raise HTTPException(409, "there is no previous version to roll back to")
+        snapshot = await holder.load(previous, wait=False)
+        watcher.pin(previous)
+        return json_response({"serving": snapshot.version, "pinned": watcher.pinned})
+
+    return router
+
+
+def _drain_on_sigterm(runtime: Runtime) -> Callable[[], None]:
+    """Turn readiness off as soon as SIGTERM arrives, then hand the signal to uvicorn's own handler."""
+    with contextlib.suppress(ValueError):
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            runtime.draining = True
+            log.info("draining")
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+        def restore() -> None:
+            signal.signal(signal.SIGTERM, previous)
+
+        return restore
+    return lambda: None
+
+
+def app_from_environment() -> FastAPI:
+    """The uvicorn factory: settings are read when a worker starts, never at import."""
+    return create_app(Settings())

@@ -1,0 +1,124 @@
+"""Micro-batching: concurrent requests queue up and run as one tower batch and one search batch.
+
+The queue is bounded, so overload is answered at once instead of growing latency; each request carries a
+deadline and is dropped, not computed, once it has passed. Requests are grouped by the snapshot they took,
+so a batch never mixes tower and index of two snapshots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from service.metrics import Metrics
+from service.snapshot import Hits, Snapshot
+from service.validation import Encoded
+
+
+class OverloadedError(Exception):
+    pass
+
+
+class DeadlineExceededError(Exception):
+    pass
+
+
+@dataclass
+class Job:
+    snapshot: Snapshot
+    features: Encoded
+    k: int
+    exclude: frozenset[int]
+    deadline: float
+    future: asyncio.Future[Hits] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Timings:
+    tower: float
+    search: float
+
+
+class Batcher:
+    def __init__(self, max_batch: int, max_wait_s: float, max_queue: int, metrics: Metrics) -> None:
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self.queue: asyncio.Queue[Job] = asyncio.Queue()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ebr-compute")
+
+    async def submit(
+        self, snapshot: Snapshot, features: Encoded, k: int, exclude: frozenset[int], timeout_s: float
+    ) -> Hits:
+        if self.queue.qsize() >= self.max_queue:
+            self.metrics.rejected.labels(reason="queue_full").inc()
+            raise OverloadedError(f"{self.queue.qsize()} requests are queued")
+        loop = asyncio.get_running_loop()
+        job = Job(snapshot, features, k, exclude, time.monotonic() + timeout_s, loop.create_future())
+        self.queue.put_nowait(job)
+        self.metrics.queue_depth.set(self.queue.qsize())
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.future), timeout_s)
+        except TimeoutError:
+            self.metrics.rejected.labels(reason="deadline").inc()
+            raise DeadlineExceededError(f"not answered within {timeout_s * 1000:.0f} ms") from None
+
+    async def run(self) -> None:
+        while True:
+            batch = await self._collect()
+            now = time.monotonic()
+            live = [j for j in batch if j.deadline > now and not j.future.done()]
+            self.metrics.queue_depth.set(self.queue.qsize())
+            groups: dict[int, list[Job]] = {}
+            for job in live:
+                groups.setdefault(id(job.snapshot), []).append(job)
+            for jobs in groups.values():
+                await self._compute(jobs)
+
+    async def _collect(self) -> list[Job]:
+        batch = [await self.queue.get()]
+        ends = time.monotonic() + self.max_wait_s
+        while len(batch) < self.max_batch:
+            if not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+                continue
+            remaining = ends - time.monotonic()
+            if remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+        return batch
+
+    async def _compute(self, jobs: list[Job]) -> None:
+        loop = asyncio.get_running_loop()
+        self.metrics.batch_size.observe(len(jobs))
+        try:
+            hits, timings = await loop.run_in_executor(self.executor, _retrieve, jobs)
+        except Exception as e:
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(e)
+            return
+        self.metrics.tower_seconds.observe(timings.tower)
+        self.metrics.search_seconds.observe(timings.search)
+        for job, result in zip(jobs, hits, strict=True):
+            if not job.future.done():
+                job.future.set_result(result)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _retrieve(jobs: list[Job]) -> tuple[list[Hits], Timings]:
+    snapshot = jobs[0].snapshot
+    started = time.perf_counter()
+    queries = snapshot.embed([j.features for j in jobs])
+    embedded = time.perf_counter()
+    hits = snapshot.search(queries, max(j.k for j in jobs), [j.exclude for j in jobs])
+    done = time.perf_counter()
+    trimmed = [Hits(h.ids[: j.k], h.scores[: j.k]) for h, j in zip(hits, jobs, strict=True)]
+    return trimmed, Timings(embedded - started, done - embedded)
