@@ -1,0 +1,164 @@
+"""Shared fixtures: one small trained export per session, and stores with bundles built from it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class TrainedExport:
+    root: Path
+    data: object
+
+
+@pytest.fixture(scope="session")
+def trained_export(tmp_path_factory: pytest.TempPathFactory) -> TrainedExport:
+    """A two-tower model trained for real on small synthetic data, exported as `index/` expects it."""
+    from export.pipeline import run_export
+    from export.synthetic import SyntheticConfig, generate
+    from export.train import TrainConfig
+
+    data = generate(SyntheticConfig(num_users=1500, num_candidates=4000, num_clusters=80, seed=7))
+    result = run_export(data, TrainConfig(epochs=3, dim=32, seed=7, batch_size=256, lr=1e-2), tmp_path_factory.mktemp("export"))
+    return TrainedExport(result.root, data)
+
+
+def build_version(export_root: Path, store_root: Path, version: str) -> Path:
+    from index.export_dir import read_export
+    from index.snapshot import build_snapshot
+    from index.store import LocalStore
+
+    return build_snapshot(read_export(export_root), LocalStore(store_root), version=version, k=50)
+
+
+@pytest.fixture(scope="session")
+def built_bundles(trained_export: TrainedExport, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pristine store with three versions; tests copy it rather than build again."""
+    root = tmp_path_factory.mktemp("pristine-store")
+    for version in ("20260101T000000Z", "20260102T000000Z", "20260103T000000Z"):
+        build_version(trained_export.root, root, version)
+    return root
+
+
+@pytest.fixture
+def store(built_bundles: Path, tmp_path: Path) -> Path:
+    """A store holding the three built versions, with the first one published locally."""
+    import shutil
+
+    from index.publish import publish
+    from index.store import LocalStore
+
+    root = tmp_path / "store"
+    shutil.copytree(built_bundles, root)
+    publish(LocalStore(root), "20260101T000000Z")
+    return root
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    client = redis.Redis(host="127.0.0.1", port=6379)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.fail("these tests need Redis on 127.0.0.1:6379 (.ci/run starts one)")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def redis_prefix(redis_client: redis.Redis) -> Iterator[str]:
+    prefix = f"ebr-test-{uuid.uuid4().hex[:8]}:snapshot"
+    yield prefix
+    for key in redis_client.scan_iter(f"{prefix}*"):
+        redis_client.delete(key)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A real `ebr serve` process on a loopback port."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not ready after {timeout}s:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(store: Path, log: Path, **settings: str) -> Server:
+    port = free_port()
+    env = {
+        **os.environ,
+        "EBR_STORE": str(store),
+        "EBR_PORT": str(port),
+        "EBR_DEVICE": "cpu",
+        "OMP_WAIT_POLICY": "PASSIVE",
+        **{f"EBR_{k.upper()}": v for k, v in settings.items()},
+    }
+    handle = log.open("wb")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ebr"), "serve"],
+        env=env,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
+    return Server(process, f"http://127.0.0.1:{port}", log)
+
+
+ServerFactory = Callable[..., Server]
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
+    started: list[Server] = []
+
+    def factory(store: Path, **settings: str) -> Server:
+        server = start_server(store, tmp_path / f"server-{len(started)}.log", **settings)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()

@@ -1,0 +1,126 @@
+"""The HTTP API on a tiny real app: real bundles, ONNX Runtime and FAISS, driven through its lifespan."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+
+GOOD = {"region": 2, "activity": 0.3, "history": [5, 17, 33]}
+
+
+def wait_ready(client: TestClient, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "snapshot never became ready"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def client(store: Path) -> Iterator[TestClient]:
+    app = create_app(Settings(store=store, device="cpu", k_max=200, admin_token="s3cret", poll_interval_s=0.2))
+    with TestClient(app) as client:
+        wait_ready(client)
+        yield client
+
+
+def test_retrieve_returns_unique_ids_with_descending_scores(client: TestClient) -> None:
+    response = client.post("/v1/retrieve", json={"features": GOOD, "k": 50})
+    assert response.status_code == 200
+    body = response.json()
+    assert len(body["ids"]) == 50 == len(set(body["ids"]))
+    assert body["scores"] == sorted(body["scores"], reverse=True)
+    assert response.headers["x-snapshot-version"] == body["snapshot"] == "20260101T000000Z"
+    assert "x-request-id" in response.headers
+
+
+def test_excluded_ids_are_absent_and_k_is_still_full(client: TestClient) -> None:
+    first = client.post("/v1/retrieve", json={"features": GOOD, "k": 20}).json()["ids"]
+    response = client.post("/v1/retrieve", json={"features": GOOD, "k": 20, "exclude_ids": first[:15]})
+    ids = response.json()["ids"]
+    assert len(ids) == 20
+    assert not set(ids) & set(first[:15])
+    assert ids[:5] == first[15:]
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"features": {**GOOD, "colour": 1}}, ["body", "features", "colour"]),
+        ({"features": {**GOOD, "region": "north"}}, ["body", "features", "region"]),
+        ({"features": {**GOOD, "region": 10_000}}, ["body", "features", "region"]),
+        ({"features": {**GOOD, "history": [1, 4000]}}, ["body", "features", "history", 1]),
+        ({"features": GOOD, "k": 0}, ["body", "k"]),
+        ({"features": GOOD, "k": 201}, ["body", "k"]),
+        ({"features": GOOD, "exclude_ids": ["a"]}, ["body", "exclude_ids", 0]),
+        ({"features": GOOD, "extra": 1}, ["body", "extra"]),
+        ({"k": 5}, ["body", "features"]),
+    ],
+)
+def test_bad_requests_get_422_naming_the_field(client: TestClient, body: dict[str, object], loc: list[object]) -> None:
+    response = client.post("/v1/retrieve", json=body)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == loc
+
+
+def test_non_finite_numbers_get_422(client: TestClient) -> None:
+    for raw in (b"NaN", b"Infinity", b"-Infinity"):
+        body = b'{"features": {"region": 1, "activity": ' + raw + b"}}"
+        response = client.post("/v1/retrieve", content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["loc"] == ["body", "features", "activity"]
+
+
+def test_malformed_json_gets_422_not_500(client: TestClient) -> None:
+    response = client.post("/v1/retrieve", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+
+
+def test_wrong_content_type_gets_415(client: TestClient) -> None:
+    response = client.post("/v1/retrieve", content=b"region=1", headers={"Content-Type": "text/plain"})
+    assert response.status_code == 415
+
+
+def test_oversized_body_gets_413(client: TestClient) -> None:
+    body = b'{"features": {"region": 1}, "exclude_ids": [' + b"1," * 600_000 + b"1]}"
+    response = client.post("/v1/retrieve", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_health_snapshot_and_metrics(client: TestClient) -> None:
+    assert client.get("/livez").status_code == 200
+    assert client.get("/readyz").json() == {"status": "ready", "snapshot": "20260101T000000Z"}
+    info = client.get("/v1/snapshot").json()
+    assert info["version"] == "20260101T000000Z"
+    assert info["gate"]["golden_recall"] >= 0.8
+    client.post("/v1/retrieve", json={"features": GOOD})
+    metrics = client.get("/metrics").text
+    assert 'ebr_serving_info{version="20260101T000000Z"} 1.0' in metrics
+    assert 'ebr_request_seconds_count{route="/v1/retrieve",status="200"}' in metrics
+
+
+def test_admin_needs_the_bearer_token(client: TestClient) -> None:
+    assert client.get("/admin/status").status_code == 401
+    assert client.get("/admin/status", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    status = client.get("/admin/status", headers={"Authorization": "Bearer s3cret"}).json()
+    assert status["serving"]["version"] == "20260101T000000Z"
+
+
+def test_admin_is_absent_without_a_token(store: Path) -> None:
+    with TestClient(create_app(Settings(store=store, device="cpu"))) as client:
+        assert client.get("/admin/status").status_code == 404
+
+
+def test_not_ready_without_a_snapshot(tmp_path: Path) -> None:
+    with TestClient(create_app(Settings(store=tmp_path, device="cpu"))) as client:
+        assert client.get("/livez").status_code == 200
+        assert client.get("/readyz").status_code == 503
+        response = client.post("/v1/retrieve", json={"features": GOOD})
+        assert response.status_code == 503
+        assert "Retry-After" in response.headers
