@@ -35,7 +35,9 @@ def trained_export(tmp_path_factory: pytest.TempPathFactory) -> TrainedExport:
     from export.train import TrainConfig
 
     data = generate(SyntheticConfig(num_users=1500, num_candidates=4000, num_clusters=80, seed=7))
-    result = run_export(data, TrainConfig(epochs=3, dim=32, seed=7, batch_size=256, lr=1e-2), tmp_path_factory.mktemp("export"))
+    result = run_export(
+        data, TrainConfig(epochs=3, dim=32, seed=7, batch_size=256, lr=1e-2), tmp_path_factory.mktemp("export")
+    )
     return TrainedExport(result.root, data)
 
 
