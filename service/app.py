@@ -169,13 +169,22 @@ def create_app(settings: Settings) -> FastAPI:
             for report in reporters:
                 asyncio.get_running_loop().create_task(report())
 
-        holder = SnapshotHolder(store, placement, metrics, settings.threads, settings.quality_gate_recall, on_change)
+        holder = SnapshotHolder(
+            store,
+            placement,
+            metrics,
+            settings.threads,
+            settings.quality_gate_recall,
+            on_change,
+            settings.memory_limit_bytes,
+            settings.unload_first_when_tight,
+        )
         watcher = Watcher(holder, store, client, settings.redis_prefix, settings.replica_id, settings.poll_interval_s)
         reporters.append(watcher.report)
         batcher = Batcher(settings.max_batch_size, settings.max_batch_wait_ms / 1000, settings.max_queue, metrics)
         runtime = Runtime(settings, metrics, placement, holder, batcher, watcher)
         app.state.runtime = runtime
-        restore = _drain_on_sigterm(runtime)
+        restore = _drain_on_sigterm(runtime, asyncio.get_running_loop(), settings.drain_seconds)
         tasks = [
             asyncio.create_task(watcher.run_follower(), name="follower"),
             asyncio.create_task(watcher.run_loader(), name="loader"),
@@ -324,16 +333,23 @@ def admin_router(token: str, runtime_of: Callable[[Request], Runtime]) -> APIRou
     return router
 
 
-def _drain_on_sigterm(runtime: Runtime) -> Callable[[], None]:
-    """Turn readiness off as soon as SIGTERM arrives, then hand the signal to uvicorn's own handler."""
+def _drain_on_sigterm(runtime: Runtime, loop: asyncio.AbstractEventLoop, drain_seconds: float) -> Callable[[], None]:
+    """Turn readiness off as soon as SIGTERM arrives; after `drain_seconds` hand it to uvicorn's handler.
+
+    The delay lets load balancers see /readyz fail and stop sending before uvicorn stops accepting; uvicorn
+    then lets requests in flight finish within its graceful-shutdown timeout.
+    """
     with contextlib.suppress(ValueError):
         previous = signal.getsignal(signal.SIGTERM)
 
         def on_sigterm(signum: int, frame: Any) -> None:
-            runtime.draining = True
-            log.info("draining")
-            if callable(previous):
+            if runtime.draining and callable(previous):
                 previous(signum, frame)
+                return
+            runtime.draining = True
+            log.info("draining", seconds=drain_seconds)
+            if callable(previous):
+                loop.call_soon_threadsafe(loop.call_later, drain_seconds, previous, signum, frame)
 
         signal.signal(signal.SIGTERM, on_sigterm)
 

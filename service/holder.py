@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import structlog
 
-from index.bundle import SnapshotError
+from index.bundle import SnapshotError, manifest_sha256, read_manifest
 from index.store import LocalStore
 from service.devices import Placement
+from service.memory import available_bytes, expected_resident_bytes
 from service.metrics import Metrics
 from service.snapshot import QualityGateError, Snapshot, load_snapshot
 
@@ -46,6 +47,8 @@ class SnapshotHolder:
         threads: int,
         gate_recall: float,
         on_change: Callable[[], None] = lambda: None,
+        memory_limit_bytes: int | None = None,
+        unload_first_when_tight: bool = False,
     ) -> None:
         self.store = store
         self.placement = placement
@@ -53,37 +56,52 @@ class SnapshotHolder:
         self.threads = threads
         self.gate_recall = gate_recall
         self.on_change = on_change
+        self.memory_limit_bytes = memory_limit_bytes
+        self.unload_first_when_tight = unload_first_when_tight
         self.current: Snapshot | None = None
         self.previous_version: str | None = None
         self.loading: str | None = None
         self.last_failure: Failure | None = None
+        self._last_serving: str | None = None
         self._lock = asyncio.Lock()
 
     @property
     def busy(self) -> bool:
         return self._lock.locked()
 
-    async def load(self, version: str, wait: bool = True) -> Snapshot:
-        """Load `version` beside the serving snapshot and switch to it; the old one serves on failure."""
+    async def load(self, version: str, wait: bool = True, manifest_sha256: str | None = None) -> Snapshot:
+        """Load `version` beside the serving snapshot and switch to it; the old one serves on failure.
+
+        With `manifest_sha256` (from the pointer) the bundle must be exactly the one that was published.
+        """
         if not wait and self._lock.locked():
             raise LoadInProgressError(f"a load of {self.loading} is in progress")
         async with self._lock:
             self.loading = version
             self.on_change()
             started = time.monotonic()
+            old = self.current
             try:
-                snapshot = await asyncio.to_thread(self._prepare, version)
-            except (SnapshotError, QualityGateError, OSError, RuntimeError) as e:
+                if not self._fits_beside(version):
+                    if not self.unload_first_when_tight or old is None:
+                        raise MemoryError(f"{version} does not fit in memory beside {self._serving()}")
+                    log.warning("unloading_first", serving=old.version, loading=version)
+                    self.current = None
+                    del old
+                snapshot = await asyncio.to_thread(self._prepare, version, manifest_sha256)
+            except (SnapshotError, QualityGateError, OSError, RuntimeError, MemoryError) as e:
                 self.last_failure = Failure(version, str(e), time.time())
                 self.metrics.swaps.labels(result="failed").inc()
                 log.error("snapshot_refused", version=version, reason=str(e))
-                raise LoadFailedError(str(e)) from e
+                restored = await self._restore_after_unload()
+                raise LoadFailedError(str(e) + restored) from e
             finally:
                 self.loading = None
-            old = self.current
+            previous = self.current.version if self.current else self._last_serving
             self.current = snapshot
-            if old is not None and old.version != snapshot.version:
-                self.previous_version = old.version
+            self._last_serving = snapshot.version
+            if previous is not None and previous != snapshot.version:
+                self.previous_version = previous
             seconds = time.monotonic() - started
             self.metrics.swap_seconds.observe(seconds)
             self.metrics.swaps.labels(result="ok").inc()
@@ -92,8 +110,34 @@ class SnapshotHolder:
             self.on_change()
             return snapshot
 
-    def _prepare(self, version: str) -> Snapshot:
-        snapshot = load_snapshot(self.store.path(version), self.placement, self.threads)
+    def _serving(self) -> str:
+        return self.current.version if self.current else "nothing"
+
+    def _fits_beside(self, version: str) -> bool:
+        needed = expected_resident_bytes(
+            [entry.size for entry in read_manifest(self.store.path(version)).files.values()]
+        )
+        available = self.memory_limit_bytes if self.memory_limit_bytes is not None else available_bytes()
+        if needed <= available:
+            return True
+        log.warning("snapshot_too_big_to_load_beside", version=version, needed=needed, available=available)
+        return False
+
+    async def _restore_after_unload(self) -> str:
+        """After a failed unload-first swap, bring back what served before, so the gap ends either way."""
+        if self.current is not None or self._last_serving is None:
+            return ""
+        try:
+            self.current = await asyncio.to_thread(self._prepare, self._last_serving)
+        except (SnapshotError, QualityGateError, OSError, RuntimeError) as e:
+            return f"; restoring {self._last_serving} failed too: {e}"
+        return f"; {self._last_serving} serves again"
+
+    def _prepare(self, version: str, expected_manifest: str | None = None) -> Snapshot:
+        path = self.store.path(version)
+        if expected_manifest is not None and manifest_sha256(path) != expected_manifest:
+            raise SnapshotError(f"{path}: manifest is not the one the pointer published (sha256 differs)")
+        snapshot = load_snapshot(path, self.placement, self.threads)
         snapshot.warm_up()
         snapshot.run_quality_gate(self.gate_recall)
         return snapshot

@@ -33,5 +33,12 @@ class Settings(BaseSettings):
     request_timeout_ms: float = Field(2000, gt=0, description="a request not done by then gets 503")
     poll_interval_s: float = Field(5.0, gt=0, description="slow timer: re-read the pointer this often")
     quality_gate_recall: float = Field(0.8, ge=0, le=1, description="golden recall@K a snapshot must reach")
+    memory_limit_bytes: int | None = Field(
+        None, ge=0, description="memory a new snapshot may use beside the old one (default: cgroup or MemAvailable)"
+    )
+    unload_first_when_tight: bool = Field(
+        False, description="when old and new cannot both fit: unload first, not ready in the gap, instead of refusing"
+    )
+    drain_seconds: float = Field(0.0, ge=0, description="after SIGTERM: not ready, but still serving, this long")
     replica_id: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     log_level: str = "info"

@@ -74,25 +74,25 @@ class Watcher:
         self.pinned = self.pinned_against = None
         self._wake.set()
 
-    def target(self) -> str | None:
-        """The version serving should move to now, if any."""
+    def target(self) -> Pointer | None:
+        """The pointer serving should move to now, if any."""
         if self.pinned is not None or self.wanted is None:
             return None
-        version = self.wanted.version
         serving = self.holder.current.version if self.holder.current else None
-        if version in self.bad or not is_newer(version, serving):
+        if self.wanted.version in self.bad or not is_newer(self.wanted.version, serving):
             return None
-        return version
+        return self.wanted
 
     async def run_loader(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            version = self.target()
-            if version is None:
+            pointer = self.target()
+            if pointer is None:
                 continue
+            version = pointer.version
             try:
-                await self.holder.load(version)
+                await self.holder.load(version, manifest_sha256=pointer.manifest_sha256)
             except LoadFailedError:
                 count = self.failures.get(version, 0) + 1
                 self.failures[version] = count
@@ -109,6 +109,8 @@ class Watcher:
             while True:
                 self.offer(self.store.read_pointer(), "local")
                 await asyncio.sleep(self.poll_interval)
+        # The local CURRENT is where a replica starts from when Redis has no pointer or cannot be reached.
+        self.offer(self._local_pointer(), "local")
         backoff = 0.1
         while True:
             try:

@@ -41,20 +41,45 @@ def trained_export(tmp_path_factory: pytest.TempPathFactory) -> TrainedExport:
     return TrainedExport(result.root, data)
 
 
-def build_version(export_root: Path, store_root: Path, version: str) -> Path:
+VERSIONS = ("20260101T000000Z", "20260102T000000Z", "20260103T000000Z")
+ID_STRIDE = 1_000_000
+
+
+def version_of_id(candidate_id: int) -> str:
+    """Each test version serves its own id range, so a response shows which snapshot produced it."""
+    return VERSIONS[candidate_id // ID_STRIDE]
+
+
+@pytest.fixture(scope="session")
+def other_tower(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tower of the same shape as `trained_export`'s, trained apart: it does not fit that export's index."""
+    from export.pipeline import run_export
+    from export.synthetic import SyntheticConfig, generate
+    from export.train import TrainConfig
+
+    data = generate(SyntheticConfig(num_users=300, num_candidates=4000, num_clusters=80, seed=8))
+    result = run_export(data, TrainConfig(epochs=1, dim=32, seed=8), tmp_path_factory.mktemp("other"))
+    return result.root / "user_tower.onnx"
+
+
+def build_version(export_root: Path, store_root: Path, version: str, id_offset: int = 0) -> Path:
+    from dataclasses import replace
+
     from index.export_dir import read_export
     from index.snapshot import build_snapshot
     from index.store import LocalStore
 
-    return build_snapshot(read_export(export_root), LocalStore(store_root), version=version, k=50)
+    export = read_export(export_root)
+    export = replace(export, candidate_ids=export.candidate_ids + id_offset)
+    return build_snapshot(export, LocalStore(store_root), version=version, k=50)
 
 
 @pytest.fixture(scope="session")
 def built_bundles(trained_export: TrainedExport, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A pristine store with three versions; tests copy it rather than build again."""
     root = tmp_path_factory.mktemp("pristine-store")
-    for version in ("20260101T000000Z", "20260102T000000Z", "20260103T000000Z"):
-        build_version(trained_export.root, root, version)
+    for n, version in enumerate(VERSIONS):
+        build_version(trained_export.root, root, version, id_offset=n * ID_STRIDE)
     return root
 
 
@@ -164,3 +189,44 @@ def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
     yield factory
     for server in started:
         server.stop()
+
+
+@dataclass
+class RedisServer:
+    """A redis-server of the test's own on a loopback port, so tests can stop and restart it."""
+
+    port: int
+    workdir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port)
+
+    def start(self) -> None:
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(command, cwd=self.workdir, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if self.client().ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise TimeoutError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), tmp_path)
+    server.start()
+    yield server
+    server.stop()
