@@ -88,6 +88,7 @@ class SnapshotHolder:
                     log.warning("unloading_first", serving=old.version, loading=version)
                     self.current = None
                     del old
+                    self.on_change()
                 snapshot = await asyncio.to_thread(self._prepare, version, manifest_sha256)
             except (SnapshotError, QualityGateError, OSError, RuntimeError, MemoryError) as e:
                 self.last_failure = Failure(version, str(e), time.time())

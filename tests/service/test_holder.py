@@ -1,0 +1,142 @@
+"""The hot-swap holder on real bundles: load beside, refuse, memory-aware swaps, one load at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from pathlib import Path
+
+import psutil
+import pytest
+
+from index.bundle import manifest_sha256
+from index.manifest import INDEX_NAME
+from index.store import LocalStore
+from service.devices import choose_placement
+from service.holder import LoadFailedError, LoadInProgressError, SnapshotHolder
+from service.memory import available_bytes
+from service.metrics import Metrics
+from tests.conftest import VERSIONS
+
+V1, V2, V3 = VERSIONS
+
+
+def holder_for(store: Path, **options: object) -> SnapshotHolder:
+    return SnapshotHolder(LocalStore(store), choose_placement("cpu"), Metrics(), 1, 0.8, **options)  # type: ignore[arg-type]
+
+
+def test_load_beside_switches_and_remembers_the_previous(store: Path) -> None:
+    async def scenario() -> None:
+        holder = holder_for(store)
+        await holder.load(V1)
+        first = holder.current
+        await holder.load(V2)
+        assert holder.current is not None and holder.current.version == V2
+        assert holder.previous_version == V1
+        assert first is not None and first.version == V1
+
+    asyncio.run(scenario())
+
+
+def test_the_old_snapshot_is_freed_once_nothing_uses_it(store: Path) -> None:
+    async def scenario() -> weakref.ref[object]:
+        holder = holder_for(store)
+        await holder.load(V1)
+        in_flight = holder.current
+        await holder.load(V2)
+        assert in_flight is not None and in_flight.version == V1
+        old = weakref.ref(in_flight)
+        del in_flight
+        return old
+
+    old = asyncio.run(scenario())
+    gc.collect()
+    assert old() is None
+
+
+def test_a_corrupt_bundle_is_refused_and_the_old_one_serves(store: Path) -> None:
+    index = store / V2 / INDEX_NAME
+    index.write_bytes(index.read_bytes()[:-10])
+
+    async def scenario() -> None:
+        holder = holder_for(store)
+        await holder.load(V1)
+        with pytest.raises(LoadFailedError, match="bytes"):
+            await holder.load(V2)
+        assert holder.current is not None and holder.current.version == V1
+        assert holder.last_failure is not None and holder.last_failure.version == V2
+
+    asyncio.run(scenario())
+
+
+def test_a_bundle_other_than_the_published_one_is_refused(store: Path) -> None:
+    async def scenario() -> None:
+        holder = holder_for(store)
+        with pytest.raises(LoadFailedError, match="not the one the pointer published"):
+            await holder.load(V1, manifest_sha256=manifest_sha256(store / V2))
+        await holder.load(V1, manifest_sha256=manifest_sha256(store / V1))
+
+    asyncio.run(scenario())
+
+
+def test_a_snapshot_that_cannot_fit_beside_is_refused(store: Path) -> None:
+    async def scenario() -> None:
+        holder = holder_for(store)
+        await holder.load(V1)
+        holder.memory_limit_bytes = 1
+        with pytest.raises(LoadFailedError, match="does not fit"):
+            await holder.load(V2)
+        assert holder.current is not None and holder.current.version == V1
+
+    asyncio.run(scenario())
+
+
+def test_unload_first_swaps_with_a_gap_when_configured(store: Path) -> None:
+    during_load: list[str | None] = []
+
+    async def scenario() -> None:
+        holder = holder_for(store)
+        await holder.load(V1)
+        holder.memory_limit_bytes = 1
+        holder.unload_first_when_tight = True
+        holder.on_change = lambda: during_load.append(holder.current.version if holder.current else None)
+        await holder.load(V2)
+        assert holder.current is not None and holder.current.version == V2
+        assert holder.previous_version == V1
+
+    asyncio.run(scenario())
+    assert None in during_load
+
+
+def test_a_failed_unload_first_swap_brings_the_old_one_back(store: Path) -> None:
+    (store / V2 / INDEX_NAME).unlink()
+
+    async def scenario() -> None:
+        holder = holder_for(store)
+        await holder.load(V1)
+        holder.memory_limit_bytes = 1
+        holder.unload_first_when_tight = True
+        with pytest.raises(LoadFailedError, match="serves again"):
+            await holder.load(V2)
+        assert holder.current is not None and holder.current.version == V1
+
+    asyncio.run(scenario())
+
+
+def test_one_load_at_a_time(store: Path) -> None:
+    async def scenario() -> None:
+        holder = holder_for(store)
+        first = asyncio.create_task(holder.load(V1))
+        await asyncio.sleep(0)
+        assert holder.busy
+        with pytest.raises(LoadInProgressError):
+            await holder.load(V2, wait=False)
+        await first
+
+    asyncio.run(scenario())
+
+
+def test_available_memory_is_read_from_this_machine() -> None:
+    available = available_bytes()
+    assert 0 < available <= psutil.virtual_memory().total
