@@ -36,6 +36,7 @@ from service.errors import (
 from service.holder import LoadInProgressError, SnapshotHolder
 from service.logs import configure_logging
 from service.metrics import Metrics
+from service.recall_monitor import RecallMonitor
 from service.requests import ReloadRequest, RetrieveResponse, SnapshotInfo, retrieve_request_model
 from service.settings import Settings
 from service.snapshot import Snapshot
@@ -181,7 +182,10 @@ def create_app(settings: Settings) -> FastAPI:
         )
         watcher = Watcher(holder, store, client, settings.redis_prefix, settings.replica_id, settings.poll_interval_s)
         reporters.append(watcher.report)
-        batcher = Batcher(settings.max_batch_size, settings.max_batch_wait_ms / 1000, settings.max_queue, metrics)
+        monitor = RecallMonitor(metrics, settings.recall_sample_rate)
+        batcher = Batcher(
+            settings.max_batch_size, settings.max_batch_wait_ms / 1000, settings.max_queue, metrics, monitor
+        )
         runtime = Runtime(settings, metrics, placement, holder, batcher, watcher)
         app.state.runtime = runtime
         restore = _drain_on_sigterm(runtime, asyncio.get_running_loop(), settings.drain_seconds)
@@ -200,6 +204,7 @@ def create_app(settings: Settings) -> FastAPI:
             await asyncio.gather(*tasks, return_exceptions=True)
             await watcher.report("stopped")
             batcher.close()
+            monitor.close()
             if client is not None:
                 await client.aclose()
 

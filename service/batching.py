@@ -13,7 +13,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from service.metrics import Metrics
+from service.recall_monitor import RecallMonitor
 from service.snapshot import Hits, Snapshot
 from service.validation import Encoded
 
@@ -43,11 +46,19 @@ class Timings:
 
 
 class Batcher:
-    def __init__(self, max_batch: int, max_wait_s: float, max_queue: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        max_batch: int,
+        max_wait_s: float,
+        max_queue: int,
+        metrics: Metrics,
+        monitor: RecallMonitor | None = None,
+    ) -> None:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.metrics = metrics
+        self.monitor = monitor
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ebr-compute")
 
@@ -97,7 +108,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         self.metrics.batch_size.observe(len(jobs))
         try:
-            hits, timings = await loop.run_in_executor(self.executor, _retrieve, jobs)
+            hits, queries, timings = await loop.run_in_executor(self.executor, _retrieve, jobs)
         except Exception as e:
             for job in jobs:
                 if not job.future.done():
@@ -105,6 +116,9 @@ class Batcher:
             return
         self.metrics.tower_seconds.observe(timings.tower)
         self.metrics.search_seconds.observe(timings.search)
+        if self.monitor is not None:
+            served = [None if job.exclude else hit.ids for job, hit in zip(jobs, hits, strict=True)]
+            self.monitor.offer(jobs[0].snapshot, queries, served)
         for job, result in zip(jobs, hits, strict=True):
             if not job.future.done():
                 job.future.set_result(result)
@@ -113,7 +127,7 @@ class Batcher:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _retrieve(jobs: list[Job]) -> tuple[list[Hits], Timings]:
+def _retrieve(jobs: list[Job]) -> tuple[list[Hits], np.ndarray, Timings]:
     snapshot = jobs[0].snapshot
     started = time.perf_counter()
     queries = snapshot.embed([j.features for j in jobs])
@@ -121,4 +135,4 @@ def _retrieve(jobs: list[Job]) -> tuple[list[Hits], Timings]:
     hits = snapshot.search(queries, max(j.k for j in jobs), [j.exclude for j in jobs])
     done = time.perf_counter()
     trimmed = [Hits(h.ids[: j.k], h.scores[: j.k]) for h, j in zip(hits, jobs, strict=True)]
-    return trimmed, Timings(embedded - started, done - embedded)
+    return trimmed, queries, Timings(embedded - started, done - embedded)

@@ -40,5 +40,8 @@ class Settings(BaseSettings):
         False, description="when old and new cannot both fit: unload first, not ready in the gap, instead of refusing"
     )
     drain_seconds: float = Field(0.0, ge=0, description="after SIGTERM: not ready, but still serving, this long")
+    recall_sample_rate: float = Field(
+        0.001, ge=0, le=1, description="share of live queries re-run exhaustively for the online recall gauge"
+    )
     replica_id: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     log_level: str = "info"

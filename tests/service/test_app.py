@@ -44,9 +44,11 @@ def test_excluded_ids_are_absent_and_k_is_still_full(client: TestClient) -> None
     first = client.post("/v1/retrieve", json={"features": GOOD, "k": 20}).json()["ids"]
     response = client.post("/v1/retrieve", json={"features": GOOD, "k": 20, "exclude_ids": first[:15]})
     ids = response.json()["ids"]
-    assert len(ids) == 20
+    assert len(ids) == 20 == len(set(ids))
     assert not set(ids) & set(first[:15])
-    assert ids[:5] == first[15:]
+    kept = [i for i in first[15:] if i in ids]
+    assert len(kept) >= 3
+    assert kept == sorted(kept, key=ids.index)
 
 
 @pytest.mark.parametrize(
