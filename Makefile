@@ -27,6 +27,14 @@ run: $(STAMP)
 test: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -q
 
+# A bounded headless locust run against a server of its own on 127.0.0.1; see loadtest/run.py.
+SCENARIO ?= swap
+LOADTEST_SECONDS ?= 25
+
+loadtest: $(STAMP)
+	$(BIN)/ebr demo
+	$(BIN)/python -m loadtest.run --scenario $(SCENARIO) --seconds $(LOADTEST_SECONDS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
