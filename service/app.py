@@ -11,15 +11,17 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import faiss
 import redis.asyncio as aioredis
 import structlog
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from index.store import LocalStore
@@ -37,7 +39,13 @@ from service.holder import LoadInProgressError, SnapshotHolder
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.recall_monitor import RecallMonitor
-from service.requests import ReloadRequest, RetrieveResponse, SnapshotInfo, retrieve_request_model
+from service.requests import (
+    ReloadRequest,
+    RetrieveResponse,
+    SnapshotInfo,
+    features_json_schema,
+    retrieve_request_model,
+)
 from service.settings import Settings
 from service.snapshot import Snapshot
 from service.validation import validate_features
@@ -265,23 +273,39 @@ def create_app(settings: Settings) -> FastAPI:
             raise NotReadyError("no snapshot is serving yet")
         return json_response(snapshot_info(snapshot))
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics_route() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     if settings.admin_token is not None:
         app.include_router(admin_router(settings.admin_token.get_secret_value(), runtime_of))
+
+    def openapi() -> dict[str, Any]:
+        """The schema, with `features` described by the serving snapshot's spec (it changes with swaps)."""
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        runtime: Runtime | None = getattr(app.state, "runtime", None)
+        snapshot = runtime.holder.current if runtime else None
+        if snapshot is not None:
+            body = schema["paths"]["/v1/retrieve"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+            body["properties"]["features"] = features_json_schema(snapshot.manifest.feature_spec)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
 def admin_router(token: str, runtime_of: Callable[[Request], Runtime]) -> APIRouter:
-    expected = f"Bearer {token}".encode()
+    expected = token.encode()
+    bearer = HTTPBearer(auto_error=False)
 
-    def authorised(authorization: str = Header("")) -> None:
-        if not hmac.compare_digest(authorization.encode(), expected):
+    def authorised(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        given = credentials.credentials.encode() if credentials else b""
+        if not hmac.compare_digest(given, expected):
             raise HTTPException(401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"})
 
-    router = APIRouter(prefix="/admin", dependencies=[Depends(authorised)])
+    router = APIRouter(
+        prefix="/admin", dependencies=[Depends(authorised)], responses={401: {"description": "no valid token"}}
+    )
 
     @router.get("/status")
     async def status(request: Request) -> Response:

@@ -6,6 +6,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from index.manifest import FeatureField, FeatureSpec
+
 
 class RetrieveResponse(BaseModel):
     ids: list[int]
@@ -43,3 +45,23 @@ def retrieve_request_model(k_default: int, k_max: int, max_exclude: int) -> type
         k=(Annotated[int, Field(ge=1, le=k_max)], k_default),
         exclude_ids=(list[int], Field([], max_length=max_exclude, description="candidate ids never returned")),
     )
+
+
+def features_json_schema(spec: FeatureSpec) -> dict[str, Any]:
+    """The JSON Schema of `features` under this feature spec, so /openapi.json states what is accepted."""
+
+    def field_schema(field: FeatureField) -> dict[str, Any]:
+        if field.kind == "numeric":
+            return {"type": "number", "description": "a finite number"}
+        assert field.vocab_size is not None
+        identifier = {"type": "integer", "minimum": 0, "maximum": field.vocab_size - 1}
+        if field.kind == "categorical":
+            return identifier
+        return {"type": "array", "items": identifier, "maxItems": field.max_length}
+
+    return {
+        "type": "object",
+        "properties": {f.name: field_schema(f) for f in spec.fields},
+        "required": [f.name for f in spec.fields if not f.optional],
+        "additionalProperties": False,
+    }

@@ -67,6 +67,9 @@ def _check(field: FeatureField, value: object, loc: tuple[str | int, ...]) -> in
 
 
 def _id(field: FeatureField, value: object, loc: tuple[str | int, ...]) -> int:
+    # JSON Schema counts 2.0 as an integer, so it is accepted as one; 2.5 is not.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise FeatureError(loc, "expected an integer id", "int_type")
     assert field.vocab_size is not None

@@ -30,7 +30,7 @@ def test_valid_features_are_encoded_and_optional_ones_defaulted() -> None:
         ({}, ("body", "features", "region"), "missing"),
         ({"region": "3"}, ("body", "features", "region"), "int_type"),
         ({"region": True}, ("body", "features", "region"), "int_type"),
-        ({"region": 2.0}, ("body", "features", "region"), "int_type"),
+        ({"region": 2.5}, ("body", "features", "region"), "int_type"),
         ({"region": 8}, ("body", "features", "region"), "vocabulary"),
         ({"region": -1}, ("body", "features", "region"), "vocabulary"),
         ({"region": 1, "activity": math.nan}, ("body", "features", "activity"), "finite_number"),
@@ -47,6 +47,10 @@ def test_bad_features_name_their_field(features: dict[str, object], loc: tuple[o
         validate_features(SPEC, features)
     assert raised.value.loc == loc
     assert raised.value.kind == kind
+
+
+def test_integral_floats_count_as_ids_as_json_schema_says() -> None:
+    assert validate_features(SPEC, {"region": 2.0, "history": [7.0]})["history"] == [7]
 
 
 def test_batches_pad_sequences_to_the_longest_and_keep_dtypes() -> None:
