@@ -8,7 +8,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import faiss
 import numpy as np
@@ -52,7 +52,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -87,7 +87,7 @@ def write_bundle(
             np.savez(staging / GOLDEN_NAME, exact_rows=golden.exact_rows, **arrays)  # type: ignore[arg-type]
         files = {}
         for path in sorted(staging.iterdir()):
-            _fsync(path)
+            fsync_path(path)
             files[path.name] = FileEntry(size=path.stat().st_size, sha256=sha256_of(path))
         manifest = Manifest(
             format_version=FORMAT_VERSION,
@@ -105,10 +105,10 @@ def write_bundle(
         )
         manifest_path = staging / MANIFEST_NAME
         manifest_path.write_text(manifest.model_dump_json(indent=2))
-        _fsync(manifest_path)
-        _fsync(staging)
+        fsync_path(manifest_path)
+        fsync_path(staging)
         staging.rename(final)
-        _fsync(store_root)
+        fsync_path(store_root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -116,37 +116,54 @@ def write_bundle(
 
 
 def read_manifest(bundle: Path) -> Manifest:
-    path = bundle / MANIFEST_NAME
     try:
-        raw = json.loads(path.read_bytes())
+        raw = (bundle / MANIFEST_NAME).read_bytes()
     except FileNotFoundError:
         raise SnapshotError(f"{bundle}: no {MANIFEST_NAME}, so it is not a snapshot") from None
-    except (OSError, ValueError) as e:
+    except OSError as e:
+        raise SnapshotError(f"{bundle}: {MANIFEST_NAME} is not readable: {e}") from None
+    return parse_manifest(raw, bundle)
+
+
+def parse_manifest(raw: bytes, bundle: Path | str) -> Manifest:
+    """The manifest in `raw`, read from `bundle` (named in refusals); the format version is checked first."""
+    try:
+        document = json.loads(raw)
+    except ValueError as e:
         raise SnapshotError(f"{bundle}: {MANIFEST_NAME} is not readable JSON: {e}") from None
-    if not isinstance(raw, dict) or raw.get("format_version") != FORMAT_VERSION:
-        found = raw.get("format_version") if isinstance(raw, dict) else None
+    if not isinstance(document, dict) or document.get("format_version") != FORMAT_VERSION:
+        found = document.get("format_version") if isinstance(document, dict) else None
         raise SnapshotError(f"{bundle}: unknown manifest format version {found!r} (expected {FORMAT_VERSION})")
     try:
-        return Manifest.model_validate(raw)
+        return Manifest.model_validate(document)
     except ValidationError as e:
         raise SnapshotError(f"{bundle}: invalid manifest: {e}") from None
+
+
+def check_file_names(bundle: Path | str, manifest: Manifest) -> None:
+    """Refuse names that would read or write outside the bundle, or shadow the manifest; before any I/O on them."""
+    for name in manifest.files:
+        if name in ("", ".", "..") or PurePosixPath(name).name != name or "\\" in name:
+            raise SnapshotError(f"{bundle}: file name {name!r} escapes the bundle directory")
+        if name == MANIFEST_NAME:
+            raise SnapshotError(f"{bundle}: the manifest lists itself")
+    missing = [n for n in REQUIRED_FILES if n not in manifest.files]
+    if missing:
+        raise SnapshotError(f"{bundle}: manifest lists no {', '.join(missing)}")
 
 
 def verify_files(bundle: Path) -> Manifest:
     """Check the manifest and every file's presence, size and sha256, without parsing any of them."""
     manifest = read_manifest(bundle)
-    for name in manifest.files:
-        if Path(name).name != name or name in ("", ".", "..") or name == MANIFEST_NAME:
-            raise SnapshotError(f"{bundle}: file name {name!r} escapes the bundle directory")
-    missing = [n for n in REQUIRED_FILES if n not in manifest.files]
-    if missing:
-        raise SnapshotError(f"{bundle}: manifest lists no {', '.join(missing)}")
+    check_file_names(bundle, manifest)
     present = {p.name for p in bundle.iterdir()} - {MANIFEST_NAME}
     extra = present - set(manifest.files)
     if extra:
         raise SnapshotError(f"{bundle}: files not in the manifest: {', '.join(sorted(extra))}")
     for name, entry in manifest.files.items():
         path = bundle / name
+        if path.is_symlink():
+            raise SnapshotError(f"{bundle}: {name} is a symbolic link, not a file of the bundle")
         if not path.is_file():
             raise SnapshotError(f"{bundle}: {name} is missing")
         size = path.stat().st_size
@@ -224,6 +241,8 @@ def _check_tower(bundle: Path, session: ort.InferenceSession, manifest: Manifest
     if spec.output not in outputs:
         raise SnapshotError(f"{bundle}: tower has no output named {spec.output!r}")
     dim = outputs[spec.output].shape[-1]
+    if not isinstance(dim, int):
+        raise SnapshotError(f"{bundle}: tower output dim is not fixed ({dim!r}), so it cannot match the index")
     if dim != manifest.dim:
         raise SnapshotError(f"{bundle}: tower output dim {dim} != index dim {manifest.dim}")
 

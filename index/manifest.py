@@ -51,12 +51,22 @@ class SearchDefaults(Frozen):
 
 
 class BuildReport(Frozen):
+    """How the index was built and how well its search defaults do on held-out queries.
+
+    The fields after `train_size` came later; they default so that older manifests still read.
+    """
+
     k: int
     recall_at_k: float
     queries: int
     query_source: str
     build_seconds: float
     train_size: int
+    target_recall: float | None = None
+    tune_queries: int | None = None
+    train_seconds: float | None = None
+    add_seconds: float | None = None
+    device: str = "cpu"
 
 
 class FileEntry(Frozen):

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import redis
 
 from index.bundle import SnapshotError, manifest_sha256, verify_files
 from index.store import LocalStore, Pointer
 from index.versions import is_newer
+
+if TYPE_CHECKING:
+    # Only for the annotation: object storage needs the optional `s3` extra, publishing locally does not.
+    from index.remote import ObjectStore
 
 DEFAULT_PREFIX = "ebr:snapshot"
 
@@ -40,9 +45,12 @@ def publish(
     client: redis.Redis | None = None,
     prefix: str = DEFAULT_PREFIX,
     force: bool = False,
+    remote: ObjectStore | None = None,
 ) -> Pointer:
     """Point serving at `version`. Refuses an unverifiable bundle, and an older version unless `force`d.
 
+    With a `remote` object store the verified bundle is uploaded there first (manifest last) and the
+    pointer names its remote URI, for replicas to fetch into a local cache and verify again.
     The local CURRENT is written first so that a replica that cannot reach Redis still finds the newest
     snapshot; with Redis, the key is the source of truth, moved forward under WATCH so two publishers
     racing cannot move it backwards, and the event is only a hint that follows it.
@@ -52,15 +60,19 @@ def publish(
         verify_files(bundle)
     except SnapshotError as e:
         raise PublishError(f"refusing to publish {version}: {e}") from None
+    if remote is not None:
+        _refuse_older(version, store.read_pointer() if client is None else read_redis_pointer(client, prefix), force)
+        remote.push(bundle)
     pointer = Pointer(
         version=version,
-        uri=store.uri(version),
+        uri=store.uri(version) if remote is None else remote.uri(version),
         manifest_sha256=manifest_sha256(bundle),
         published_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
     )
     if client is None:
         _refuse_older(version, store.read_pointer(), force)
         store.write_pointer(pointer)
+        store.record_published(pointer)
         return pointer
     payload = pointer.model_dump_json()
     key = current_key(prefix)
@@ -77,6 +89,7 @@ def publish(
                 break
             except redis.WatchError:
                 continue
+    store.record_published(pointer)
     client.publish(events_channel(prefix), payload)
     return pointer
 

@@ -31,13 +31,18 @@ def search(
 
 
 def exact_top_k(embeddings: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    flat = faiss.IndexFlatIP(embeddings.shape[1])
-    flat.add(embeddings)
-    return flat.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
+    """Rows of the k largest inner products, by brute force (no copy of `embeddings` into an index)."""
+    xb = np.ascontiguousarray(embeddings, dtype=np.float32)
+    xq = np.ascontiguousarray(queries, dtype=np.float32)
+    return faiss.knn(xq, xb, k, metric=faiss.METRIC_INNER_PRODUCT)[1]
+
+
+def per_query_recall(found: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """For each query, the share of its exact top-k rows that `found` returned."""
+    k = exact.shape[1]
+    return np.array([len(np.intersect1d(f[f >= 0], e)) / k for f, e in zip(found, exact, strict=True)])
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
     """Share of the exact top-k rows that `found` returned, averaged over queries."""
-    k = exact.shape[1]
-    hits = sum(len(np.intersect1d(f[f >= 0], e)) for f, e in zip(found, exact, strict=True))
-    return hits / (k * len(exact))
+    return float(per_query_recall(found, exact).mean())

@@ -1,4 +1,5 @@
-"""The local snapshot store: one directory per version, staging directories, the CURRENT pointer, retention."""
+"""The local snapshot store: one directory per version, staging directories, the CURRENT pointer, the publish
+history, retention."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from index.manifest import MANIFEST_NAME
 from index.versions import version_key
 
 POINTER_NAME = "CURRENT"
+HISTORY_NAME = "HISTORY"
 STAGING_PREFIX = ".staging-"
+DELETING_PREFIX = ".deleting-"
 
 
 class Pointer(BaseModel):
@@ -63,11 +66,33 @@ class LocalStore:
             os.fsync(f.fileno())
         temporary.replace(self.root / POINTER_NAME)
 
+    def record_published(self, pointer: Pointer) -> None:
+        """Append to HISTORY, so that retention knows which version served before the current one."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / HISTORY_NAME).open("a") as f:
+            f.write(pointer.model_dump_json() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def history(self) -> list[Pointer]:
+        """Every pointer published into this store, oldest first; a torn last line is skipped."""
+        try:
+            lines = (self.root / HISTORY_NAME).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            try:
+                out.append(Pointer.model_validate_json(line))
+            except ValueError:
+                continue
+        return out
+
     def clean_staging(self, older_than_seconds: float = 3600.0) -> list[str]:
-        """Remove staging directories that no writer has touched for a while."""
+        """Remove staging directories that no writer has touched for a while, and deletions cut short."""
         removed = []
         now = time.time()
-        for p in self.root.glob(f"{STAGING_PREFIX}*"):
+        for p in [*self.root.glob(f"{STAGING_PREFIX}*"), *self.root.glob(f"{DELETING_PREFIX}*")]:
             if p.is_dir() and now - p.stat().st_mtime > older_than_seconds:
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p.name)
@@ -77,8 +102,10 @@ class LocalStore:
         """Delete all but the newest `keep` versions, never one in `protected` (serving, previous, pinned)."""
         if keep < 1:
             raise ValueError("retention must keep at least one version")
-        versions = self.versions()
-        doomed = [v for v in versions[:-keep] if v not in protected]
+        doomed = [v for v in self.versions()[:-keep] if v not in protected]
         for version in doomed:
-            shutil.rmtree(self.path(version))
+            # Renamed first, so that no reader ever finds a half-deleted directory under a version's name.
+            hidden = self.root / f"{DELETING_PREFIX}{version}"
+            self.path(version).rename(hidden)
+            shutil.rmtree(hidden)
         return doomed
