@@ -1,4 +1,4 @@
-"""`ebr serve`."""
+"""`ebr serve` and `ebr bench serve`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import uvicorn
 
 from index.bundle import SnapshotError, read_manifest
 from index.store import LocalStore
+from service.bench_serve import bench_serve_command
 from service.payloads import example_payload
 from service.settings import Settings
 
@@ -43,5 +44,16 @@ def serve_command() -> None:
     )
 
 
+def bench_group(app: typer.Typer) -> typer.Typer:
+    """`ebr bench`, which every stage's benchmarks join: made by whichever registers first."""
+    for group in app.registered_groups:
+        if group.name == "bench" and group.typer_instance is not None:
+            return group.typer_instance
+    bench = typer.Typer(help="Benchmarks: each prints its figures and the command that reproduces them.")
+    app.add_typer(bench, name="bench")
+    return bench
+
+
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve_command)
+    bench_group(app).command("serve")(bench_serve_command)

@@ -1,0 +1,334 @@
+"""`ebr bench serve`: ebr beside a straightforward reference and the HTTP floor, under the same wrk load.
+
+The three run one after another on loopback, with the same workers, threads and load, on one synthetic
+bundle (cached under `.ebr/bench/`). Each gets a warm-up, a light phase (one connection: the p50 a lone
+client sees) and a load phase (the throughput, p50 and p99 under concurrency). The figures that matter are
+the ratios, measured minutes apart on the same machine; absolute numbers move with whatever else runs.
+wrk is the load generator because a Python client cannot send thousands of requests a second on two cores;
+the bench installs nothing and stops everything it starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import numpy as np
+import psutil
+import typer
+
+from index.bundle import SnapshotError, read_manifest, verify_files
+from index.export_dir import read_export
+from index.manifest import Manifest
+from index.publish import publish
+from index.snapshot import build_snapshot
+from index.store import LocalStore
+from service.payloads import random_features
+from service.reference import BUNDLE_VARIABLE
+
+APPS = ("reference", "ebr", "floor")
+WRK_INSTALL = "apt-get update && apt-get install -y wrk"
+BIN = Path(sys.executable).parent
+PAYLOADS = 512
+# wrk keeps one Lua state per thread: each formats every request once, then cycles through them.
+WRK_SCRIPT = """
+local prepared, count, at = {}, 0, 0
+init = function(args)
+  for body in io.lines("%(payloads)s") do
+    count = count + 1
+    prepared[count] = wrk.format("POST", "/v1/retrieve", {["Content-Type"] = "application/json"}, body)
+  end
+  at = math.random(count)
+end
+request = function()
+  at = at %% count + 1
+  return prepared[at]
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRK-JSON {"requests": %%d, "duration_us": %%d, "errors": %%d, '
+    .. '"p50_us": %%d, "p99_us": %%d}\\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+@dataclass(frozen=True)
+class Load:
+    connections: int
+    wrk_threads: int
+    seconds: float
+    light_seconds: float
+
+
+@dataclass(frozen=True)
+class Measured:
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+@dataclass(frozen=True)
+class Result:
+    app: str
+    load: Measured
+    light: Measured
+    rss_mb: float
+    pss_mb: float
+
+
+def ensure_bundle(cache: Path, candidates: int) -> Path:
+    """The published bundle of `candidates` synthetic candidates, built on first use."""
+    store = LocalStore(cache / f"candidates-{candidates}" / "store")
+    pointer = store.read_pointer()
+    if pointer is not None:
+        try:
+            verify_files(store.path(pointer.version))
+            return store.path(pointer.version)
+        except SnapshotError:
+            pass
+    from service.bench_bundle import write_synthetic_export
+
+    started = time.monotonic()
+    typer.echo(f"building the {candidates:,}-candidate bench bundle (once; cached in {store.root.parent})")
+    export = write_synthetic_export(store.root.parent / "export", candidates)
+    shutil.rmtree(store.root, ignore_errors=True)
+    bundle = build_snapshot(read_export(export), store, version="20260101T000000Z")
+    publish(store, bundle.name, force=True)
+    typer.echo(f"built in {time.monotonic() - started:.0f}s")
+    return bundle
+
+
+def write_payloads(folder: Path, manifest: Manifest, k: int) -> tuple[Path, list[bytes]]:
+    """Valid random requests, one JSON body a line, and the wrk script that cycles through them."""
+    rng = np.random.default_rng(0)
+    bodies = [
+        json.dumps({"features": random_features(manifest.feature_spec, rng), "k": k}).encode() for _ in range(PAYLOADS)
+    ]
+    payloads = folder / "payloads.jsonl"
+    payloads.write_bytes(b"\n".join(bodies) + b"\n")
+    script = folder / "retrieve.lua"
+    script.write_text(WRK_SCRIPT % {"payloads": payloads})
+    return script, bodies
+
+
+def server_command(app: str, port: int, workers: int) -> list[str]:
+    if app == "ebr":
+        return [str(BIN / "ebr"), "serve"]
+    factory = {"reference": "service.reference:reference_from_environment", "floor": "service.reference:floor_app"}
+    return [
+        *(sys.executable, "-m", "uvicorn", factory[app], "--factory", "--host", "127.0.0.1", "--port", str(port)),
+        *("--workers", str(workers), "--log-level", "warning", "--no-access-log"),
+        *(("--lifespan", "off") if app == "floor" else ()),
+    ]
+
+
+def server_environment(bundle: Path, port: int, workers: int, threads: int) -> dict[str, str]:
+    """Every server gets the same pinned threads; OpenMP threads sleep rather than spin between searches."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EBR_")}
+    pinned = str(threads)
+    return env | {
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "OMP_NUM_THREADS": pinned,
+        "OPENBLAS_NUM_THREADS": pinned,
+        "MKL_NUM_THREADS": pinned,
+        "EBR_THREADS": pinned,
+        "EBR_WORKERS": str(workers),
+        "EBR_DEVICE": "cpu",
+        "EBR_HOST": "127.0.0.1",
+        "EBR_PORT": str(port),
+        "EBR_LOG_LEVEL": "warning",
+        "EBR_STORE": str(bundle.parent),
+        BUNDLE_VARIABLE: str(bundle),
+    }
+
+
+def start_server(app: str, bundle: Path, port: int, workers: int, threads: int, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as handle:
+        return subprocess.Popen(
+            server_command(app, port, workers),
+            env=server_environment(bundle, port, workers, threads),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def wait_ready(process: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"the server was not ready after {timeout:.0f}s:\n{log.read_text()[-4000:]}")
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server's process group (the supervisor and its workers), SIGKILL what lingers."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def worker_memory_mb(process: subprocess.Popen[bytes]) -> tuple[float, float]:
+    """Mean resident and proportional set size of the serving processes (the supervisor holds no index).
+
+    PSS splits each shared page among the processes that map it, so memory-mapped index pages shared by
+    all workers count once in total, where RSS counts them in every worker.
+    """
+    root = psutil.Process(process.pid)
+    workers = [p for p in root.children(recursive=True) if "spawn_main" in " ".join(p.cmdline())] or [root]
+    infos = [p.memory_full_info() for p in workers]
+    return float(np.mean([i.rss for i in infos]) / 2**20), float(np.mean([i.pss for i in infos]) / 2**20)
+
+
+def run_wrk(url: str, script: Path, connections: int, threads: int, seconds: float) -> Measured:
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "-s", str(script), f"{url}/v1/retrieve"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    found = re.search(r"^WRK-JSON (.*)$", done.stdout, re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"wrk printed no summary:\n{done.stdout}\n{done.stderr}")
+    raw = json.loads(found.group(1))
+    return Measured(
+        requests_per_s=raw["requests"] / (raw["duration_us"] / 1e6),
+        p50_ms=raw["p50_us"] / 1000,
+        p99_ms=raw["p99_us"] / 1000,
+        errors=raw["errors"],
+    )
+
+
+def sample_answers(url: str, bodies: list[bytes], count: int = 16) -> list[list[int]]:
+    headers = {"Content-Type": "application/json"}
+    return [
+        httpx.post(f"{url}/v1/retrieve", content=b, headers=headers, timeout=10).json()["ids"] for b in bodies[:count]
+    ]
+
+
+def measure(
+    app: str, bundle: Path, script: Path, workers: int, threads: int, load: Load, folder: Path, bodies: list[bytes]
+) -> tuple[Result, list[list[int]] | None]:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = folder / f"{app}.log"
+    process = start_server(app, bundle, port, workers, threads, log)
+    try:
+        wait_ready(process, url, log)
+        answers = sample_answers(url, bodies) if app != "floor" else None
+        run_wrk(url, script, load.connections, load.wrk_threads, 2)
+        light = run_wrk(url, script, 1, 1, load.light_seconds)
+        loaded = run_wrk(url, script, load.connections, load.wrk_threads, load.seconds)
+        rss, pss = worker_memory_mb(process)
+    finally:
+        stop_server(process)
+    return Result(app, loaded, light, rss, pss), answers
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def format_results(results: dict[str, Result], workers: int) -> str:
+    header = f"{'app':>9}  {'workers':>7}  {'req/s':>8}  {'p50 ms':>7}  {'p99 ms':>7}  {'light p50 ms':>12}"
+    header += f"  {'errors':>6}  {'RSS/worker MB':>13}  {'PSS/worker MB':>13}"
+    lines = [header]
+    for r in results.values():
+        lines.append(
+            f"{r.app:>9}  {workers:>7}  {r.load.requests_per_s:>8.0f}  {r.load.p50_ms:>7.2f}  {r.load.p99_ms:>7.2f}"
+            f"  {r.light.p50_ms:>12.2f}  {r.load.errors + r.light.errors:>6}  {r.rss_mb:>13.0f}  {r.pss_mb:>13.0f}"
+        )
+    ebr, ref, floor = results["ebr"], results["reference"], results["floor"]
+    lines += [
+        "",
+        f"ebr / reference: throughput {ebr.load.requests_per_s / ref.load.requests_per_s:.2f}x, "
+        f"p50 {ebr.load.p50_ms / ref.load.p50_ms:.2f}x, p99 {ebr.load.p99_ms / ref.load.p99_ms:.2f}x",
+        f"ebr / floor: throughput {ebr.load.requests_per_s / floor.load.requests_per_s:.2f} of the HTTP floor",
+    ]
+    return "\n".join(lines)
+
+
+def target_lines(results: dict[str, Result]) -> list[str]:
+    ebr, ref = results["ebr"], results["reference"]
+    checks = [
+        (f"ebr >= 3,000 req/s: {ebr.load.requests_per_s:,.0f}", ebr.load.requests_per_s >= 3000),
+        (f"ebr p99 <= 10 ms under load: {ebr.load.p99_ms:.2f}", ebr.load.p99_ms <= 10),
+        (
+            f"ebr >= 4x the reference: {ebr.load.requests_per_s / ref.load.requests_per_s:.2f}x",
+            ebr.load.requests_per_s >= 4 * ref.load.requests_per_s,
+        ),
+        (f"ebr p50 <= 1.5 ms at light load: {ebr.light.p50_ms:.2f}", ebr.light.p50_ms <= 1.5),
+    ]
+    return [f"  {'met   ' if ok else 'MISSED'}  {text}" for text, ok in checks]
+
+
+def bench_serve_command(
+    candidates: Annotated[int, typer.Option(help="candidates in the synthetic bundle")] = 1_000_000,
+    workers: Annotated[int, typer.Option(help="server worker processes, the same for all three")] = 2,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime, FAISS and OpenMP threads per worker")] = 1,
+    connections: Annotated[int, typer.Option(help="wrk connections in the load phase")] = 16,
+    wrk_threads: Annotated[int, typer.Option(help="wrk threads")] = 1,
+    seconds: Annotated[float, typer.Option(help="length of each load phase")] = 10.0,
+    light_seconds: Annotated[float, typer.Option(help="length of each one-connection phase")] = 5.0,
+    k: Annotated[int, typer.Option(help="k of every request")] = 100,
+    cache: Annotated[Path, typer.Option(help="where the synthetic bundle is kept")] = Path(".ebr/bench"),
+) -> None:
+    """ebr against a straightforward FastAPI reference and a do-nothing ASGI floor, under the same wrk load."""
+    if shutil.which("wrk") is None:
+        typer.echo(f"ebr bench serve needs wrk, the HTTP load generator; install it with: {WRK_INSTALL}", err=True)
+        raise typer.Exit(2)
+    bundle = ensure_bundle(cache, candidates)
+    manifest = read_manifest(bundle)
+    report = manifest.build_report
+    typer.echo(
+        f"bundle {bundle}: {manifest.num_candidates:,} candidates, {manifest.index_factory}, "
+        f"nprobe={manifest.search_defaults.nprobe}, refine={manifest.search_defaults.refine_factor:g}, "
+        f"recall@{report.k}={report.recall_at_k:.4f}"
+    )
+    typer.echo(
+        f"load: wrk -t{wrk_threads} -c{connections} for {seconds:g}s (light: -t1 -c1 for {light_seconds:g}s), "
+        f"k={k}, {workers} worker(s) x {threads} thread(s), {os.cpu_count()} CPUs shared with wrk"
+    )
+    load = Load(connections, wrk_threads, seconds, light_seconds)
+    results: dict[str, Result] = {}
+    answers: dict[str, list[list[int]] | None] = {}
+    with tempfile.TemporaryDirectory(prefix="ebr-bench-") as scratch:
+        folder = Path(scratch)
+        script, bodies = write_payloads(folder, manifest, k)
+        for app in APPS:
+            typer.echo(f"measuring {app} ...")
+            results[app], answers[app] = measure(app, bundle, script, workers, threads, load, folder, bodies)
+    typer.echo("")
+    typer.echo(format_results(results, workers))
+    agree = sum(a == b for a, b in zip(answers["ebr"] or [], answers["reference"] or [], strict=True))
+    typer.echo(f"ebr and the reference agree on {agree}/{len(answers['ebr'] or [])} sampled answers")
+    typer.echo("targets:")
+    for line in target_lines(results):
+        typer.echo(line)
+    if any(r.load.errors or r.light.errors for r in results.values()):
+        typer.echo("some requests failed, so the figures above do not describe a healthy server", err=True)
+        raise typer.Exit(1)

@@ -1,0 +1,88 @@
+"""The serving benchmark's comparison apps: a straightforward reference, and the HTTP floor that does no work.
+
+The reference is what one would write first: FastAPI parses the body into a pydantic model, a synchronous
+endpoint (so FastAPI runs it on its thread pool) runs one tower call and one search per request, and the
+returned dict goes through FastAPI's default JSON encoding. It opens the same bundle as ebr, with the same
+validation and the same search defaults, so both give the same answers. The floor reads the body and sends
+a fixed answer of a typical size: no app can beat it with the same server and workers.
+
+Both are uvicorn factories configured from the environment, as `ebr serve` is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, Field
+from starlette.types import Receive, Scope, Send
+
+from index.bundle import open_bundle
+from index.search import search, search_parameters
+from service.validation import FeatureError, encode_batch, validate_features
+
+BUNDLE_VARIABLE = "EBR_BENCH_BUNDLE"
+
+
+class RetrieveBody(BaseModel):
+    features: dict[str, Any]
+    k: int = Field(100, ge=1, le=1000)
+    exclude_ids: list[int] = []
+
+
+def reference_app(bundle_path: Path, threads: int) -> FastAPI:
+    faiss.omp_set_num_threads(threads)
+    bundle = open_bundle(bundle_path, threads=threads)
+    spec, manifest = bundle.manifest.feature_spec, bundle.manifest
+    params = search_parameters(bundle.index, manifest.search_defaults)
+    app = FastAPI(title="ebr reference")
+
+    @app.get("/readyz")
+    def readyz() -> dict[str, str]:
+        return {"status": "ready", "snapshot": manifest.version}
+
+    @app.post("/v1/retrieve")
+    def retrieve(body: RetrieveBody) -> dict[str, Any]:
+        try:
+            features = validate_features(spec, body.features)
+        except FeatureError as e:
+            raise HTTPException(422, [{"loc": list(e.loc), "msg": e.message, "type": e.kind}]) from None
+        query = bundle.session.run([spec.output], encode_batch(spec, [features]).inputs)[0]
+        fetch = min(manifest.num_candidates, body.k + len(body.exclude_ids))
+        scores, rows = search(bundle.index, query, fetch, params)
+        ids = bundle.candidate_ids[rows[0][rows[0] >= 0]]
+        kept = ~np.isin(ids, body.exclude_ids)
+        return {
+            "ids": ids[kept][: body.k].tolist(),
+            "scores": scores[0][rows[0] >= 0][kept][: body.k].tolist(),
+            "snapshot": manifest.version,
+        }
+
+    return app
+
+
+def reference_from_environment() -> FastAPI:
+    return reference_app(Path(os.environ[BUNDLE_VARIABLE]), int(os.environ.get("EBR_THREADS", "1")))
+
+
+def floor_app(k: int = 100) -> Any:
+    """A bare ASGI app: drain the request body, answer every path with the same bytes."""
+    body = json.dumps({"ids": list(range(1_000_000, 1_000_000 + k)), "scores": [0.5] * k, "snapshot": "floor"})
+    answer = body.encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:
+            more = (await receive()).get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+    return app
