@@ -88,7 +88,7 @@ def _write_tower(path: Path, centres: np.ndarray, rotation: np.ndarray, rng: np.
 
     clusters = len(centres)
     region_table = np.vstack([centres, np.zeros((1, DIM), dtype=np.float32)])
-    history_table = rng.normal(0, 0.7 / np.sqrt(DIM), size=(HISTORY_VOCAB, DIM)).astype(np.float32)
+    history_table = rng.normal(0, 1.0 / np.sqrt(DIM), size=(HISTORY_VOCAB, DIM)).astype(np.float32)
     weights = {
         "region_table": region_table.astype(np.float32),
         "history_table": history_table,

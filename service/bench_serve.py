@@ -132,7 +132,6 @@ def server_command(app: str, port: int, workers: int) -> list[str]:
     return [
         *(sys.executable, "-m", "uvicorn", factory[app], "--factory", "--host", "127.0.0.1", "--port", str(port)),
         *("--workers", str(workers), "--log-level", "warning", "--no-access-log"),
-        *(("--lifespan", "off") if app == "floor" else ()),
     ]
 
 

@@ -77,7 +77,10 @@ def floor_app(k: int = 100) -> Any:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
             return
         more = True
         while more:

@@ -1,0 +1,79 @@
+"""The serving benchmark's parts on a tiny synthetic bundle: its reference and floor apps, payloads, wrk check."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from index.bundle import read_manifest
+from index.export_dir import read_export
+from index.publish import publish
+from index.snapshot import build_snapshot
+from index.store import LocalStore
+from service.app import create_app
+from service.bench_bundle import write_synthetic_export
+from service.bench_serve import write_payloads
+from service.reference import floor_app, reference_app
+from service.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bench")
+    export = write_synthetic_export(root / "export", candidates=3000, queries=200)
+    return build_snapshot(read_export(export), LocalStore(root / "store"), version="20260101T000000Z")
+
+
+def test_the_synthetic_bundle_reaches_the_recall_target(bundle: Path) -> None:
+    manifest = read_manifest(bundle)
+    assert manifest.num_candidates == 3000 and manifest.dim == 64
+    assert manifest.build_report.recall_at_k >= 0.95
+
+
+def test_the_reference_gives_ebr_answers_to_the_bench_payloads(bundle: Path, tmp_path: Path) -> None:
+    _, bodies = write_payloads(tmp_path, read_manifest(bundle), k=20)
+    publish(LocalStore(bundle.parent), bundle.name, force=True)
+    ebr_app = create_app(Settings(store=bundle.parent, device="cpu", poll_interval_s=0.2))
+    with TestClient(reference_app(bundle, threads=1)) as reference, TestClient(ebr_app) as ebr:
+        deadline = time.monotonic() + 30
+        while ebr.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "ebr never became ready"
+            time.sleep(0.05)
+        for raw in bodies[:8]:
+            body = {**json.loads(raw), "exclude_ids": [1_000_000]}
+            answer = reference.post("/v1/retrieve", json=body).json()
+            assert len(answer["ids"]) == 20 == len(set(answer["ids"]))
+            assert 1_000_000 not in answer["ids"]
+            assert answer["scores"] == sorted(answer["scores"], reverse=True)
+            assert answer["ids"] == ebr.post("/v1/retrieve", json=body).json()["ids"]
+        bad = reference.post("/v1/retrieve", json={"features": {"region": -1}, "k": 5})
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "features", "region"]
+
+
+def test_the_floor_answers_every_request_with_the_same_bytes() -> None:
+    with TestClient(floor_app(k=10)) as client:
+        first = client.post("/v1/retrieve", content=b'{"features": {}}', headers={"Content-Type": "application/json"})
+        assert first.status_code == 200 and len(first.json()["ids"]) == 10
+        assert client.get("/readyz").content == first.content
+
+
+def test_the_wrk_script_cycles_through_the_written_payloads(bundle: Path, tmp_path: Path) -> None:
+    script, bodies = write_payloads(tmp_path, read_manifest(bundle), k=100)
+    assert str(tmp_path / "payloads.jsonl") in script.read_text()
+    lines = (tmp_path / "payloads.jsonl").read_bytes().splitlines()
+    assert lines == bodies and all(json.loads(line)["k"] == 100 for line in lines)
+
+
+def test_without_wrk_the_bench_says_how_to_install_it(tmp_path: Path) -> None:
+    ebr = Path(sys.executable).parent / "ebr"
+    env = {**os.environ, "PATH": str(tmp_path)}
+    done = subprocess.run([str(ebr), "bench", "serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "apt-get install -y wrk" in done.stderr
