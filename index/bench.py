@@ -67,7 +67,7 @@ def run_index_bench(
     num: int = 1_000_000,
     dim: int = 64,
     queries: int = 1000,
-    build_queries: int = 1000,
+    build_queries: int = 500,
     threads: int = 2,
     k: int = 100,
     target_recall: float = 0.95,
