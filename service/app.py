@@ -51,6 +51,8 @@ from service.snapshot import Snapshot
 from service.validation import validate_features
 
 log = structlog.get_logger(__name__)
+# Module level: FastAPI resolves the string annotations of dependencies against module globals.
+BEARER = HTTPBearer(auto_error=False)
 
 
 @dataclass
@@ -296,9 +298,8 @@ def create_app(settings: Settings) -> FastAPI:
 
 def admin_router(token: str, runtime_of: Callable[[Request], Runtime]) -> APIRouter:
     expected = token.encode()
-    bearer = HTTPBearer(auto_error=False)
 
-    def authorised(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    def authorised(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
         given = credentials.credentials.encode() if credentials else b""
         if not hmac.compare_digest(given, expected):
             raise HTTPException(401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"})

@@ -132,7 +132,6 @@ def _retrieve(jobs: list[Job]) -> tuple[list[Hits], np.ndarray, Timings]:
     started = time.perf_counter()
     queries = snapshot.embed([j.features for j in jobs])
     embedded = time.perf_counter()
-    hits = snapshot.search(queries, max(j.k for j in jobs), [j.exclude for j in jobs])
+    hits = snapshot.search(queries, [j.k for j in jobs], [j.exclude for j in jobs])
     done = time.perf_counter()
-    trimmed = [Hits(h.ids[: j.k], h.scores[: j.k]) for h, j in zip(hits, jobs, strict=True)]
-    return trimmed, queries, Timings(embedded - started, done - embedded)
+    return hits, queries, Timings(embedded - started, done - embedded)

@@ -52,19 +52,26 @@ class Snapshot:
         output = self.bundle.session.run([self.manifest.feature_spec.output], batch.inputs)[0]
         return np.asarray(output, dtype=np.float32)
 
-    def search(self, queries: np.ndarray, k: int, excludes: list[frozenset[int]]) -> list[Hits]:
-        """Top-k per query, excluded ids removed, over-fetching so that a full k remains when it can."""
+    def search(self, queries: np.ndarray, ks: list[int], excludes: list[frozenset[int]]) -> list[Hits]:
+        """Top-k per query with its excluded ids removed, over-fetching so a full k remains when it can.
+
+        Queries are searched in groups by fetch size rounded up to a power of two: one FAISS call per group,
+        and a request's answer depends only on its own k and exclusions, never on what it was batched with.
+        """
         total = self.manifest.num_candidates
-        fetch = min(total, k + max((len(e) for e in excludes), default=0))
-        scores, rows = search(self.index, queries, fetch, self.params)
-        ids = np.where(rows >= 0, self.bundle.candidate_ids[np.maximum(rows, 0)], -1)
-        out = []
-        for query_ids, query_scores, exclude in zip(ids, scores, excludes, strict=True):
-            keep = query_ids >= 0
-            if exclude:
-                keep &= ~np.isin(query_ids, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))
-            out.append(Hits(query_ids[keep][:k].tolist(), query_scores[keep][:k].tolist()))
-        return out
+        fetches = [min(total, _bucket(k + len(e))) for k, e in zip(ks, excludes, strict=True)]
+        out: list[Hits | None] = [None] * len(ks)
+        for fetch in sorted(set(fetches)):
+            members = [i for i, f in enumerate(fetches) if f == fetch]
+            scores, rows = search(self.index, queries[members], fetch, self.params)
+            ids = np.where(rows >= 0, self.bundle.candidate_ids[np.maximum(rows, 0)], -1)
+            for i, query_ids, query_scores in zip(members, ids, scores, strict=True):
+                keep = query_ids >= 0
+                if excludes[i]:
+                    excluded = np.fromiter(excludes[i], dtype=np.int64, count=len(excludes[i]))
+                    keep &= ~np.isin(query_ids, excluded)
+                out[i] = Hits(query_ids[keep][: ks[i]].tolist(), query_scores[keep][: ks[i]].tolist())
+        return [h for h in out if h is not None]
 
     def warm_up(self, queries: int = 64) -> None:
         """Run the tower and the index once before serving, so the first request pays no cold start."""
@@ -101,6 +108,10 @@ class Snapshot:
         queries = self.bundle.session.run([self.manifest.feature_spec.output], golden.inputs)[0]
         rows = search(self.index, queries, golden.exact_rows.shape[1], self.params)[1]
         return np.asarray(self.bundle.candidate_ids[np.maximum(rows, 0)])
+
+
+def _bucket(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
 
 
 def load_snapshot(path: Path, placement: Placement, threads: int, mmap_index: bool = False) -> Snapshot:
