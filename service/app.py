@@ -215,6 +215,7 @@ def create_app(settings: Settings) -> FastAPI:
             await watcher.report("stopped")
             batcher.close()
             monitor.close()
+            holder.close()
             if client is not None:
                 await client.aclose()
 

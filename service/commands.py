@@ -10,6 +10,7 @@ import uvicorn
 from index.bundle import SnapshotError, read_manifest
 from index.store import LocalStore
 from service.bench_serve import bench_serve_command
+from service.bench_swap import bench_swap_command
 from service.payloads import example_payload
 from service.settings import Settings
 
@@ -56,4 +57,6 @@ def bench_group(app: typer.Typer) -> typer.Typer:
 
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve_command)
-    bench_group(app).command("serve")(bench_serve_command)
+    bench = bench_group(app)
+    bench.command("serve")(bench_serve_command)
+    bench.command("swap")(bench_swap_command)

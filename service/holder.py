@@ -7,8 +7,12 @@ started with; the old snapshot is freed when the last such request lets go of it
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import structlog
@@ -21,6 +25,18 @@ from service.metrics import Metrics
 from service.snapshot import QualityGateError, Snapshot, load_snapshot
 
 log = structlog.get_logger(__name__)
+
+
+LOADER_NICENESS = 10
+
+
+def _run_below_serving() -> None:
+    """Loading, verifying and warming a snapshot must not take CPU from requests: this thread yields to them.
+
+    Linux keeps a nice value per thread, so this lowers only the loader (and threads it starts).
+    """
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOADER_NICENESS)
 
 
 class LoadInProgressError(Exception):
@@ -64,6 +80,7 @@ class SnapshotHolder:
         self.last_failure: Failure | None = None
         self._last_serving: str | None = None
         self._lock = asyncio.Lock()
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="ebr-load", initializer=_run_below_serving)
 
     @property
     def busy(self) -> bool:
@@ -89,7 +106,9 @@ class SnapshotHolder:
                     self.current = None
                     del old
                     self.on_change()
-                snapshot = await asyncio.to_thread(self._prepare, version, manifest_sha256)
+                snapshot = await asyncio.get_running_loop().run_in_executor(
+                    self._loader, self._prepare, version, manifest_sha256
+                )
             except (SnapshotError, QualityGateError, OSError, RuntimeError, MemoryError) as e:
                 self.last_failure = Failure(version, str(e), time.time())
                 self.metrics.swaps.labels(result="failed").inc()
@@ -129,10 +148,15 @@ class SnapshotHolder:
         if self.current is not None or self._last_serving is None:
             return ""
         try:
-            self.current = await asyncio.to_thread(self._prepare, self._last_serving)
+            self.current = await asyncio.get_running_loop().run_in_executor(
+                self._loader, self._prepare, self._last_serving
+            )
         except (SnapshotError, QualityGateError, OSError, RuntimeError) as e:
             return f"; restoring {self._last_serving} failed too: {e}"
         return f"; {self._last_serving} serves again"
+
+    def close(self) -> None:
+        self._loader.shutdown(wait=False, cancel_futures=True)
 
     def _prepare(self, version: str, expected_manifest: str | None = None) -> Snapshot:
         path = self.store.path(version)
