@@ -18,14 +18,29 @@ class Placement:
     onnx_providers: list[str]
     reason: str
 
-    def place_index(self, index: faiss.Index) -> faiss.Index:
+    def place_index(
+        self, index: faiss.Index, params: faiss.SearchParameters | None
+    ) -> tuple[faiss.Index, faiss.SearchParameters | None]:
+        """The index to search on this device, with the parameters that apply to it.
+
+        FAISS's GPU indexes have no 4-bit fast-scan PQ, so where the index cannot move as it is, the GPU
+        searches exhaustively over the vectors decoded from the refinement stage: exact over those codes,
+        and on a GPU faster than the CPU's approximate search.
+        """
         if self.device == "cpu":
-            return index
+            return index, params
+        resources = faiss.StandardGpuResources()
         try:
-            return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+            return faiss.index_cpu_to_gpu(resources, 0, index), None
         except (AttributeError, RuntimeError) as e:
-            log.warning("index_stays_on_cpu", reason=str(e))
-            return index
+            if not isinstance(index, faiss.IndexRefine):
+                log.warning("index_stays_on_cpu", reason=str(e))
+                return index, params
+            vectors = index.refine_index.reconstruct_n(0, index.ntotal)
+            flat = faiss.GpuIndexFlatIP(resources, index.d)
+            flat.add(vectors)
+            log.info("gpu_exhaustive_search", reason=str(e), vectors=int(index.ntotal))
+            return flat, None
 
 
 def gpus_for_faiss() -> int:

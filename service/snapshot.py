@@ -116,5 +116,6 @@ def _bucket(n: int) -> int:
 
 def load_snapshot(path: Path, placement: Placement, threads: int, mmap_index: bool = False) -> Snapshot:
     bundle = open_bundle(path, placement.onnx_providers, threads, mmap_index=mmap_index)
-    index = placement.place_index(bundle.index)
-    return Snapshot(bundle, placement, index, search_parameters(bundle.index, bundle.manifest.search_defaults))
+    params = search_parameters(bundle.index, bundle.manifest.search_defaults)
+    index, params = placement.place_index(bundle.index, params)
+    return Snapshot(bundle, placement, index, params)
