@@ -1,4 +1,5 @@
-"""`ebr train` and `ebr demo`. Torch is imported inside the commands, so the service install never needs it."""
+"""`ebr train`, `ebr bench-train` and `ebr demo`. Torch is imported inside the commands, so the service install
+never needs it."""
 
 from __future__ import annotations
 
@@ -10,20 +11,47 @@ import typer
 
 
 def train_command(
-    out: Annotated[Path, typer.Option(help="run directory: config, metrics and the export")],
-    epochs: Annotated[int, typer.Option()] = 4,
-    dim: Annotated[int, typer.Option()] = 64,
+    out: Annotated[Path, typer.Option(help="run directory: config.json, metrics.json and export/")],
+    dataset: Annotated[str, typer.Option(help="a named dataset or <format>:<path>")] = "synthetic",
+    objective: Annotated[str, typer.Option(help="retrieval or ssmtl")] = "retrieval",
     seed: Annotated[int, typer.Option()] = 0,
+    epochs: Annotated[int | None, typer.Option(help="default: the benchmark's set-up for the dataset")] = None,
+    dim: Annotated[int, typer.Option()] = 64,
+    through_index: Annotated[bool, typer.Option(help="also evaluate through an IVF-PQ index")] = False,
 ) -> None:
-    """Train the towers on the synthetic dataset and write an export for `ebr build-index`."""
-    from export.pipeline import run_export
-    from export.synthetic import SyntheticConfig, generate
-    from export.train import TrainConfig
+    """Train the towers, export the user tower and candidate embeddings for `ebr build-index`, evaluate both."""
+    import dataclasses
 
-    config = TrainConfig(epochs=epochs, dim=dim, seed=seed)
-    result = run_export(generate(SyntheticConfig(seed=seed)), config, out / "export")
+    from export.bench import setup
+    from export.datasets import load
+    from export.pipeline import run_export
+
+    config = dataclasses.replace(setup(dataset, objective, seed, epochs), dim=dim)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps({"dataset": dataset, **dataclasses.asdict(config)}, indent=2))
+    result = run_export(load(dataset), config, out / "export", through_index=through_index)
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
     typer.echo(f"export in {result.root}: {json.dumps(result.metrics)}")
+
+
+def bench_train_command(
+    out: Annotated[Path, typer.Option(help="where each run's directory and runs.json go")] = Path("runs/bench"),
+    datasets: Annotated[str, typer.Option(help="comma-separated")] = "gowalla,twitch",
+    objectives: Annotated[str, typer.Option(help="comma-separated")] = "retrieval,ssmtl",
+    seeds: Annotated[str, typer.Option(help="comma-separated")] = "0,1,2",
+    epochs: Annotated[int | None, typer.Option(help="override every dataset's epochs")] = None,
+) -> None:
+    """Benchmark the objectives: one table of dataset x objective x seed and SSMTL's gain over retrieval."""
+    from export.bench import format_table, run_benchmark
+    from export.evaluate import set_faiss_threads
+
+    set_faiss_threads(2)
+    runs = run_benchmark(
+        datasets.split(","), objectives.split(","), [int(s) for s in seeds.split(",")], out, epochs=epochs
+    )
+    table = format_table(runs)
+    (out / "table.txt").write_text(table + "\n")
+    typer.echo(table)
 
 
 def demo_command(
@@ -40,4 +68,5 @@ def demo_command(
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train_command)
+    app.command("bench-train")(bench_train_command)
     app.command("demo")(demo_command)

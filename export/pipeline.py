@@ -9,12 +9,16 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from export.evaluate import exact_scorer, recall_ndcg
+from export.evaluate import exact_scorer, index_scorer, rank
+from export.interactions import InteractionData, request_inputs
 from export.onnx_export import check_parity, export_user_tower
-from export.synthetic import InteractionData
-from export.train import TrainConfig, Trained, candidate_embeddings, history_matrix, train
+from export.train import TrainConfig, Trained, candidate_embeddings, train
 from index import export_dir
 from index.export_dir import embed
+
+__all__ = ["ExportResult", "query_inputs", "run_export"]
+
+query_inputs = request_inputs
 
 
 @dataclass(frozen=True)
@@ -24,40 +28,45 @@ class ExportResult:
     metrics: dict[str, float]
 
 
-def query_inputs(data: InteractionData, users: np.ndarray) -> dict[str, np.ndarray]:
-    """Tower inputs for `users` as a request would carry them: features plus train history."""
-    out: dict[str, np.ndarray] = {}
-    for field in data.feature_spec.fields:
-        if field.kind == "sequence":
-            out[field.name] = history_matrix(data, field.name)[users]
-        else:
-            out[field.name] = data.user_features[field.name][users]
+def served_user_embeddings(tower: Path, data: InteractionData, users: np.ndarray) -> np.ndarray:
+    """User embeddings from the exported ONNX tower, one row per user (zeros for users not asked for)."""
+    session = ort.InferenceSession(str(tower), providers=["CPUExecutionProvider"])
+    out = np.zeros((data.num_users, 0), dtype=np.float32)
+    embedded = embed(session, data.feature_spec, request_inputs(data, users))
+    out = np.zeros((data.num_users, embedded.shape[1]), dtype=np.float32)
+    out[users] = embedded
     return out
 
 
-def run_export(data: InteractionData, config: TrainConfig, out: Path, eval_k: int = 20) -> ExportResult:
+def run_export(
+    data: InteractionData, config: TrainConfig, out: Path, eval_k: int = 20, through_index: bool = False
+) -> ExportResult:
+    """Train, export and evaluate; with `through_index` the ranking is also measured through IVF-PQ search."""
     trained = train(data, config)
     out.mkdir(parents=True, exist_ok=True)
     tower_path = out / export_dir.TOWER
     export_user_tower(trained.user_tower, tower_path)
     parity = check_parity(trained.user_tower, tower_path)
-    embeddings = candidate_embeddings(trained, data.num_candidates)
+    embeddings = candidate_embeddings(trained, data)
 
     test_users = np.unique(data.test[:, 0])
-    inputs = query_inputs(data, test_users)
-    session = ort.InferenceSession(str(tower_path), providers=["CPUExecutionProvider"])
-    user_embeddings = np.zeros((data.num_users, embeddings.shape[1]), dtype=np.float32)
-    user_embeddings[test_users] = embed(session, data.feature_spec, inputs)
-    recall, ndcg = recall_ndcg(user_embeddings, exact_scorer(embeddings), data.train, data.test, k=eval_k)
-    metrics = {f"recall@{eval_k}": round(recall, 4), f"ndcg@{eval_k}": round(ndcg, 4), "onnx_parity": parity}
+    users = served_user_embeddings(tower_path, data, test_users)
+    metrics: dict[str, float] = rank(data, users, exact_scorer(embeddings), k=eval_k).metrics(eval_k)
+    if through_index:
+        top, built = index_scorer(embeddings, users[test_users], seed=config.seed)
+        metrics |= rank(data, users, top, k=eval_k).metrics(eval_k, prefix="ivfpq_")
+        metrics["ivfpq_recall_vs_exact@100"] = built.report.recall_at_k
+    metrics["onnx_parity"] = parity
+    metrics["seconds_per_epoch"] = round(trained.seconds_per_epoch, 3)
 
     np.save(out / export_dir.EMBEDDINGS, embeddings)
     np.save(out / export_dir.IDS, np.arange(data.num_candidates, dtype=np.int64))
     (out / export_dir.SPEC).write_text(data.feature_spec.model_dump_json(indent=2))
-    np.savez(out / export_dir.QUERIES, **inputs)  # type: ignore[arg-type]
+    np.savez(out / export_dir.QUERIES, **request_inputs(data, test_users))  # type: ignore[arg-type]
     provenance = {
         "dataset": data.name,
-        "objective": "retrieval",
+        "split": data.split,
+        "objective": config.objective,
         "train": trained.summary(),
         "metrics": metrics,
     }

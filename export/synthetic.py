@@ -11,7 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from export.interactions import USER_ID, InteractionData, split_per_user
 from index.manifest import FeatureField, FeatureSpec
+
+__all__ = ["InteractionData", "SyntheticConfig", "feature_spec", "generate"]
 
 
 @dataclass(frozen=True)
@@ -26,28 +29,10 @@ class SyntheticConfig:
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class InteractionData:
-    """Users' features and interactions, split per user into train and held-out test interactions.
-
-    `train` and `test` are (user, candidate) pairs; `user_features` holds one array per non-sequence field.
-    The `history` feature of a request is the user's train interactions.
-    """
-
-    name: str
-    num_users: int
-    num_candidates: int
-    user_features: dict[str, np.ndarray]
-    train: np.ndarray
-    test: np.ndarray
-    feature_spec: FeatureSpec
-    candidate_cluster: np.ndarray | None = None
-    user_clusters: np.ndarray | None = None
-
-
 def feature_spec(config: SyntheticConfig) -> FeatureSpec:
     return FeatureSpec(
         fields=(
+            FeatureField(name=USER_ID, kind="categorical", dtype="int64", vocab_size=config.num_users, optional=True),
             FeatureField(name="region", kind="categorical", dtype="int64", vocab_size=config.num_regions),
             FeatureField(name="activity", kind="numeric", dtype="float32", optional=True, default=0.0),
             FeatureField(
@@ -94,12 +79,17 @@ def generate(config: SyntheticConfig) -> InteractionData:
         name="synthetic",
         num_users=config.num_users,
         num_candidates=config.num_candidates,
-        user_features={"region": region.astype(np.int64), "activity": activity},
+        user_features={
+            USER_ID: np.arange(config.num_users, dtype=np.int64),
+            "region": region.astype(np.int64),
+            "activity": activity,
+        },
         train=train,
         test=test,
         feature_spec=feature_spec(config),
         candidate_cluster=candidate_cluster,
         user_clusters=user_clusters,
+        split="20% of each user's interactions held out at random",
     )
 
 
@@ -107,16 +97,3 @@ def _pick(
     rng: np.random.Generator, members: list[np.ndarray], weights: list[np.ndarray], cluster: int, size: int
 ) -> np.ndarray:
     return rng.choice(members[cluster], size=size, p=weights[cluster])
-
-
-def split_per_user(pairs: np.ndarray, test_share: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Hold out `test_share` of each user's interactions, keeping at least one in train."""
-    order = rng.permutation(len(pairs))
-    pairs = pairs[order]
-    pairs = pairs[np.argsort(pairs[:, 0], kind="stable")]
-    _, starts, counts = np.unique(pairs[:, 0], return_index=True, return_counts=True)
-    rank = np.arange(len(pairs)) - np.repeat(starts, counts)
-    n_test = np.floor(counts * test_share).astype(np.int64)
-    n_test = np.minimum(n_test, counts - 1)
-    is_test = rank < np.repeat(n_test, counts)
-    return pairs[~is_test], pairs[is_test]

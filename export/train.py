@@ -1,18 +1,22 @@
-"""Training the two towers on an interaction dataset."""
+"""Training the two towers on an interaction dataset with the retrieval or the SSMTL objective."""
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
 
-from export.objectives import retrieval_loss
-from export.synthetic import InteractionData
-from export.towers import CandidateTower, UserTower
+from export.batches import HistorySampler, feature_mask, neighbour_keep, tower_inputs
+from export.interactions import InteractionData, request_inputs
+from export.objectives import MaskedReconstruction, cca_ssg_loss, retrieval_loss
+from export.towers import Bag, TwoTower, UserTower
 from index.progress import track
+
+OBJECTIVES = ("retrieval", "ssmtl")
 
 
 class DivergedError(RuntimeError):
@@ -21,96 +25,179 @@ class DivergedError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """`objective` picks the preset: `retrieval` alone, or `ssmtl` = retrieval + the fixed-weight
+    `cca_weight`·CCA-SSG + `mae_weight`·masked reconstruction."""
+
     dim: int = 64
     epochs: int = 4
     batch_size: int = 1024
-    lr: float = 3e-3
+    lr: float = 1e-2
     temperature: float = 0.05
     seed: int = 0
     threads: int = 2
+    objective: str = "retrieval"
+    logq: bool = True
+    extra_negatives: int = 0
+    id_dropout: float = 0.1
+    history_length: int = 32
+    cca_weight: float = 0.002
+    decorrelation: float = 1e-3
+    feature_drop: float = 0.2
+    neighbour_drop: float = 0.3
+    mae_weight: float = 0.5
+    mae_rate: float = 0.3
+    mae_alpha: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
+
+    @property
+    def self_supervised(self) -> bool:
+        return self.objective == "ssmtl"
 
 
 @dataclass
 class Trained:
-    user_tower: UserTower
-    candidate_tower: CandidateTower
+    model: TwoTower
     config: TrainConfig
     seconds_per_epoch: float
-    final_loss: float
+    epoch_losses: list[float] = field(default_factory=list)
+
+    @property
+    def user_tower(self) -> UserTower:
+        return self.model.user
 
     def summary(self) -> dict[str, object]:
         return {
             **asdict(self.config),
-            "seconds_per_epoch": self.seconds_per_epoch,
-            "final_loss": self.final_loss,
+            "seconds_per_epoch": round(self.seconds_per_epoch, 3),
+            "epoch_losses": [round(v, 4) for v in self.epoch_losses],
         }
 
 
-def history_matrix(data: InteractionData, field: str) -> np.ndarray:
-    """Each user's train interactions, newest last, padded with -1 to the field's max length."""
-    spec = data.feature_spec.field(field)
-    assert spec is not None and spec.max_length is not None
-    out = np.full((data.num_users, spec.max_length), -1, dtype=np.int64)
-    order = np.argsort(data.train[:, 0], kind="stable")
-    users, starts, counts = np.unique(data.train[order, 0], return_index=True, return_counts=True)
-    items = data.train[order, 1]
-    for user, start, count in zip(users, starts, counts, strict=True):
-        row = items[start : start + count][-spec.max_length :]
-        out[user, : len(row)] = row
-    return out
+class Step:
+    """One minibatch's loss: retrieval on (user, positive) pairs, plus the self-supervised terms."""
 
+    def __init__(self, data: InteractionData, model: TwoTower, config: TrainConfig) -> None:
+        self.data, self.model, self.config = data, model, config
+        self.sampler = HistorySampler(data.train, data.num_users)
+        self.rng = np.random.default_rng(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        popularity = np.bincount(data.train[:, 1], minlength=data.num_candidates) + 1.0
+        expected = config.batch_size * popularity / popularity.sum()
+        self.log_q = torch.from_numpy(np.log(expected).astype(np.float32)) if config.logq else None
+        pooled = [f for f in data.feature_spec.fields if f.kind != "numeric"]
+        self.history_parts = [i for i, f in enumerate(pooled) if f.name in data.history_fields]
+        self.candidate_fields = [f.name for f in data.candidate_spec.fields] if data.candidate_spec else []
+        self.reconstruction = MaskedReconstruction(model.user.encoder.num_parts, config.dim)
 
-def user_inputs(data: InteractionData, users: np.ndarray, histories: dict[str, np.ndarray]) -> list[torch.Tensor]:
-    """The tower's inputs for `users`, in spec order."""
-    inputs: list[torch.Tensor] = []
-    for field in data.feature_spec.fields:
-        if field.kind == "sequence":
-            inputs.append(torch.from_numpy(histories[field.name][users]))
-        else:
-            inputs.append(torch.from_numpy(data.user_features[field.name][users]))
-    return inputs
+    def candidates(self, ids: np.ndarray, exclude: np.ndarray) -> torch.Tensor:
+        if self.model.candidate is None:  # friend graph: a candidate is a user, embedded by the same tower
+            inputs = self._inputs(ids, exclude)
+            return self.model.user(*inputs)
+        features = [torch.from_numpy(self.data.candidate_features[name][ids]) for name in self.candidate_fields]
+        return self.model.candidate(torch.from_numpy(ids), features)
+
+    def _inputs(self, users: np.ndarray, exclude: np.ndarray) -> list[torch.Tensor]:
+        config = self.config
+        return tower_inputs(self.data, users, self.sampler, exclude, config.history_length, config.id_dropout, self.rng)
+
+    def loss(self, batch: np.ndarray) -> torch.Tensor:
+        config, tower = self.config, self.model.user
+        users, positives = batch[:, 0], batch[:, 1]
+        looked = tower.encoder.lookup(self._inputs(users, exclude=positives))
+        parts = tower.encoder.pool(looked)
+        embedded = nn.functional.normalize(tower.hidden(torch.cat(parts, dim=-1)), dim=-1)
+        # The pair's user is removed from the positive's own bag: in a friend graph it is the answer.
+        positive_embeddings = self.candidates(positives, exclude=users)
+        positive_ids = torch.from_numpy(positives)
+        log_q = self.log_q[positive_ids] if self.log_q is not None else torch.zeros(len(batch))
+        extra: dict[str, torch.Tensor] = {}
+        if config.extra_negatives:
+            sampled = self.rng.integers(0, self.data.num_candidates, size=config.extra_negatives)
+            uniform = math.log(config.extra_negatives / self.data.num_candidates) if config.logq else 0.0
+            extra = {
+                "negatives": self.candidates(sampled, exclude=np.full(len(sampled), -1)),
+                "negative_ids": torch.from_numpy(sampled),
+                "negative_log_q": torch.full((len(sampled),), uniform),
+            }
+        own = torch.from_numpy(users) if self.data.candidates_are_users else None
+        loss = retrieval_loss(
+            embedded, positive_embeddings, positive_ids, log_q, config.temperature, own_ids=own, **extra
+        )
+        if config.self_supervised:
+            loss = loss + config.cca_weight * self._cca(looked) + config.mae_weight * self._reconstruction(parts)
+        return loss
+
+    def _cca(self, looked: list[torch.Tensor | Bag]) -> torch.Tensor:
+        """Two views of the minibatch's users, each with neighbours dropped and feature dimensions masked."""
+        tower, config = self.model.user, self.config
+        valid = {i: part.valid for i, part in enumerate(looked) if isinstance(part, Bag) and i in self.history_parts}
+        views = []
+        for _ in range(2):
+            keep = neighbour_keep(valid, config.neighbour_drop, self.generator)
+            concatenated = torch.cat(tower.encoder.pool(looked, keep), dim=-1)
+            views.append(
+                tower.hidden(concatenated * feature_mask(concatenated.shape[1], config.feature_drop, self.generator))
+            )
+        return cca_ssg_loss(views[0], views[1], config.decorrelation)
+
+    def _reconstruction(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        config = self.config
+        return self.reconstruction(self.model.user.hidden, parts, config.mae_rate, config.mae_alpha, self.generator)
 
 
 def train(data: InteractionData, config: TrainConfig) -> Trained:
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
-    rng = np.random.default_rng(config.seed)
-    history_fields = frozenset(f.name for f in data.feature_spec.fields if f.kind == "sequence")
-    candidates = CandidateTower(data.num_candidates, config.dim)
-    users = UserTower(data.feature_spec, candidates, config.dim, history_fields)
-    optimizer = torch.optim.Adam(users.parameters(), lr=config.lr)
-    histories = {name: history_matrix(data, name) for name in history_fields}
-
-    popularity = np.bincount(data.train[:, 1], minlength=data.num_candidates) + 1.0
-    log_q = torch.from_numpy(np.log(popularity / popularity.sum()).astype(np.float32))
+    model = TwoTower(data, config.dim)
+    step = Step(data, model, config)
+    parameters = [*model.parameters(), *(step.reconstruction.parameters() if config.self_supervised else [])]
+    optimizer = torch.optim.Adam(parameters, lr=config.lr)
     steps = math.ceil(len(data.train) / config.batch_size)
-    loss_value = float("nan")
+    # Cosine decay to a tenth of the rate: a short run still ends with small, settling steps.
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda t: 0.1 + 0.45 * (1 + math.cos(math.pi * t / (steps * config.epochs)))
+    )
+    rng = np.random.default_rng(config.seed + 1)
+    losses: list[float] = []
     started = time.monotonic()
-    with track("train", total=steps * config.epochs) as progress:
+    with track(f"train {data.name} {config.objective}", total=steps * config.epochs) as progress:
         for epoch in range(config.epochs):
             order = rng.permutation(len(data.train))
-            for step in range(steps):
-                batch = data.train[order[step * config.batch_size : (step + 1) * config.batch_size]]
-                user_ids, item_ids = batch[:, 0], torch.from_numpy(batch[:, 1])
-                inputs = user_inputs(data, user_ids, histories)
-                for field, value in zip(data.feature_spec.fields, inputs, strict=True):
-                    if field.name in history_fields:
-                        value[value == item_ids.unsqueeze(1)] = -1
-                loss = retrieval_loss(
-                    users(*inputs), candidates(item_ids), item_ids, log_q[item_ids], config.temperature
-                )
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
-                    raise DivergedError(f"loss became {loss_value} at epoch {epoch} step {step}")
+            total = 0.0
+            for index in range(steps):
+                loss = step.loss(data.train[order[index * config.batch_size : (index + 1) * config.batch_size]])
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise DivergedError(
+                        f"training diverged: the loss became {value} at epoch {epoch + 1}, step {index + 1}; "
+                        "nothing was exported (lower the learning rate or check the features for NaN)"
+                    )
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                progress.advance(note=f"epoch {epoch + 1} loss {loss_value:.3f}")
+                schedule.step()
+                total += value
+                progress.advance(note=f"epoch {epoch + 1} loss {value:.3f}")
+            losses.append(total / steps)
     seconds = (time.monotonic() - started) / config.epochs
-    return Trained(users.eval(), candidates.eval(), config, seconds, loss_value)
+    return Trained(model.eval(), config, seconds, losses)
 
 
 @torch.no_grad()
-def candidate_embeddings(trained: Trained, num_candidates: int) -> np.ndarray:
-    out = trained.candidate_tower(torch.arange(num_candidates))
-    return np.ascontiguousarray(out.numpy(), dtype=np.float32)
+def candidate_embeddings(trained: Trained, data: InteractionData) -> np.ndarray:
+    """Every candidate's embedding, as the index will hold it (friend graphs: each user's served embedding)."""
+    model = trained.model
+    requests = request_inputs(data, np.arange(data.num_users)) if model.candidate is None else {}
+    chunks = []
+    for start in range(0, data.num_candidates, 4096):
+        ids = np.arange(start, min(start + 4096, data.num_candidates))
+        if model.candidate is None:
+            chunks.append(model.user(*(torch.from_numpy(requests[f.name][ids]) for f in data.feature_spec.fields)))
+        else:
+            fields = data.candidate_spec.fields if data.candidate_spec else ()
+            features = [torch.from_numpy(data.candidate_features[f.name][ids]) for f in fields]
+            chunks.append(model.candidate(torch.from_numpy(ids), features))
+    return np.ascontiguousarray(torch.cat(chunks).numpy(), dtype=np.float32)
