@@ -45,6 +45,7 @@ class IndexBench:
     threads: int
     qps: float
     flat_qps: float
+    load_average: float
 
     def lines(self, k: int) -> list[str]:
         total_mb = sum(self.bundle_bytes.values()) / 1e6
@@ -60,6 +61,8 @@ class IndexBench:
             f"bundle MB       {total_mb:.1f} ({files})",
             f"throughput      {self.qps:,.0f} queries/s IVF-PQ vs {self.flat_qps:,.0f} queries/s exact flat "
             f"({self.qps / self.flat_qps:.1f}x), batch of {self.queries}, {self.threads} threads",
+            f"machine         {os.cpu_count()} cores, 1-minute load average {self.load_average:.1f} at the end "
+            "(other processes' load slows every figure above but the ratio)",
         ]
 
 
@@ -124,6 +127,7 @@ def run_index_bench(
         threads=threads,
         qps=len(held_out) / statistics.median(timings),
         flat_qps=len(held_out) / flat_seconds,
+        load_average=os.getloadavg()[0],
     )
 
 

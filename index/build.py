@@ -35,7 +35,7 @@ def choose_factory(num_candidates: int, dim: int) -> str:
     with one sub-quantizer per dimension, and an SQ8 refinement.
 
     Training and assigning cost in proportion to the number of lists, while fast-scan makes scanning long
-    lists cheap, so fewer lists than the 4–16·√N usual for plain PQ build faster at the same search cost.
+    lists cheap, so fewer lists than the 4-16·√N usual for plain PQ build faster at the same search cost.
     At 4 bits, sub-quantizers of two dimensions rank the shortlist too coarsely for recall@100 ≥ 0.95 without
     a large refine factor, which halves throughput; one dimension each keeps the factor small. Re-ranking
     with 8-bit scalar-quantised vectors recovers the rest at a quarter of the memory of a flat refinement.

@@ -146,6 +146,10 @@ def bench_index_command(
     result = run_index_bench(num=num, dim=dim, queries=queries, threads=threads, k=k, spread=spread, seed=seed)
     for line in result.lines(k):
         typer.echo(line)
+    typer.echo(
+        f"reproduce       OMP_WAIT_POLICY=PASSIVE ebr bench index --num {num} --dim {dim} --queries {queries} "
+        f"--threads {threads} --k {k} --spread {spread:g} --seed {seed}"
+    )
 
 
 def _object_store(url: str, endpoint_url: str | None) -> ObjectStore:
@@ -172,4 +176,5 @@ def register(app: typer.Typer) -> None:
     store.command("gc")(gc_command)
     store.command("push")(push_command)
     store.command("pull")(pull_command)
-    _group(app, "bench", "Benchmarks.").command("index")(bench_index_command)
+    bench = _group(app, "bench", "Benchmarks: each prints its figures and the command that reproduces them.")
+    bench.command("index")(bench_index_command)
