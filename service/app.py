@@ -243,16 +243,21 @@ def create_app(settings: Settings) -> FastAPI:
         if snapshot is None:
             raise NotReadyError("no snapshot is serving yet")
         features = validate_features(snapshot.manifest.feature_spec, body.features)
-        hits = await runtime.batcher.submit(
+        answer = await runtime.batcher.submit(
             snapshot,
             features,
             body.k,
             frozenset(body.exclude_ids),
             settings.request_timeout_ms / 1000,
         )
+        timings = answer.timings
         return json_response(
-            {"ids": hits.ids, "scores": hits.scores, "snapshot": snapshot.version},
-            headers={"X-Snapshot-Version": snapshot.version},
+            {"ids": answer.hits.ids, "scores": answer.hits.scores, "snapshot": snapshot.version},
+            headers={
+                "X-Snapshot-Version": snapshot.version,
+                "X-Batch-Size": str(answer.batch_size),
+                "Server-Timing": f"tower;dur={timings.tower * 1000:.2f}, search;dur={timings.search * 1000:.2f}",
+            },
         )
 
     @app.get("/livez")

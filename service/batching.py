@@ -36,13 +36,22 @@ class Job:
     k: int
     exclude: frozenset[int]
     deadline: float
-    future: asyncio.Future[Hits] = field(repr=False)
+    future: asyncio.Future[Answer] = field(repr=False)
 
 
 @dataclass(frozen=True)
 class Timings:
     tower: float
     search: float
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request's hits, and the batch it rode in: shown to clients in Server-Timing and X-Batch-Size."""
+
+    hits: Hits
+    timings: Timings
+    batch_size: int
 
 
 class Batcher:
@@ -64,7 +73,7 @@ class Batcher:
 
     async def submit(
         self, snapshot: Snapshot, features: Encoded, k: int, exclude: frozenset[int], timeout_s: float
-    ) -> Hits:
+    ) -> Answer:
         if self.queue.qsize() >= self.max_queue:
             self.metrics.rejected.labels(reason="queue_full").inc()
             raise OverloadedError(f"{self.queue.qsize()} requests are queued")
@@ -121,7 +130,7 @@ class Batcher:
             self.monitor.offer(jobs[0].snapshot, queries, served)
         for job, result in zip(jobs, hits, strict=True):
             if not job.future.done():
-                job.future.set_result(result)
+                job.future.set_result(Answer(result, timings, len(jobs)))
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

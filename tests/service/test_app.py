@@ -38,6 +38,9 @@ def test_retrieve_returns_unique_ids_with_descending_scores(client: TestClient) 
     assert body["scores"] == sorted(body["scores"], reverse=True)
     assert response.headers["x-snapshot-version"] == body["snapshot"] == "20260101T000000Z"
     assert "x-request-id" in response.headers
+    timing = response.headers["server-timing"]
+    assert "tower;dur=" in timing and "search;dur=" in timing and "total;dur=" in timing
+    assert int(response.headers["x-batch-size"]) >= 1
 
 
 def test_excluded_ids_are_absent_and_k_is_still_full(client: TestClient) -> None:

@@ -43,8 +43,8 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(snapshot: S
         calls = [batcher.submit(snapshot, f, k, e, 10.0) for f, k, e in zip(features, ks, excludes, strict=True)]
         try:
             if together:
-                return list(await asyncio.gather(*calls))
-            return [await call for call in calls]
+                return [a.hits for a in await asyncio.gather(*calls)]
+            return [(await call).hits for call in calls]
         finally:
             runner.cancel()
             batcher.close()
