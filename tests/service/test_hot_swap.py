@@ -303,3 +303,20 @@ def test_sigterm_under_load_lets_every_request_finish(
     print(f"SIGTERM under load: {load.total} requests, statuses {dict(load.statuses)}, errors {len(load.errors)}")
     assert load.errors == []
     assert set(load.statuses) == {200}
+
+
+def test_each_worker_follows_on_its_own_and_reports_to_the_fleet(
+    store: Path, redis_server: RedisServer, redis_prefix: str, server_factory: ServerFactory
+) -> None:
+    server = start(server_factory, store, redis_server, redis_prefix, workers="2")
+    publish(LocalStore(store), V2, redis_server.client(), redis_prefix)
+    deadline = time.monotonic() + 60
+    while True:
+        status = admin_status(server)
+        fleet = status["fleet"]
+        if status["fleet_serving_published"] == 2:
+            break
+        assert time.monotonic() < deadline, fleet
+        time.sleep(0.2)
+    assert len(fleet) == 2  # type: ignore[arg-type]
+    assert {r["state"] for r in fleet.values()} == {"serving"}  # type: ignore[attr-defined]
