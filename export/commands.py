@@ -40,6 +40,7 @@ def bench_train_command(
     objectives: Annotated[str, typer.Option(help="comma-separated")] = "retrieval,ssmtl",
     seeds: Annotated[str, typer.Option(help="comma-separated")] = "0,1,2",
     epochs: Annotated[int | None, typer.Option(help="override every dataset's epochs")] = None,
+    first_seed_only: Annotated[str, typer.Option(help="comma-separated datasets run with the first seed only")] = "",
 ) -> None:
     """Benchmark the objectives: one table of dataset x objective x seed and SSMTL's gain over retrieval."""
     from export.bench import format_table, run_benchmark
@@ -47,7 +48,12 @@ def bench_train_command(
 
     set_faiss_threads(2)
     runs = run_benchmark(
-        datasets.split(","), objectives.split(","), [int(s) for s in seeds.split(",")], out, epochs=epochs
+        datasets.split(","),
+        objectives.split(","),
+        [int(s) for s in seeds.split(",")],
+        out,
+        epochs=epochs,
+        first_seed_only=frozenset(filter(None, first_seed_only.split(","))),
     )
     table = format_table(runs)
     (out / "table.txt").write_text(table + "\n")

@@ -47,6 +47,7 @@ class TrainConfig:
     mae_weight: float = 0.5
     mae_rate: float = 0.3
     mae_alpha: float = 3.0
+    ssl_rows: int = 512
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -127,7 +128,13 @@ class Step:
             embedded, positive_embeddings, positive_ids, log_q, config.temperature, own_ids=own, **extra
         )
         if config.self_supervised:
-            loss = loss + config.cca_weight * self._cca(looked) + config.mae_weight * self._reconstruction(parts)
+            # The auxiliary tasks see the batch's first `ssl_rows` rows, a random sample: it bounds their cost
+            # while keeping enough rows for CCA-SSG's per-dimension statistics.
+            rows = config.ssl_rows
+            sample = [Bag(p.rows[:rows], p.valid[:rows]) if isinstance(p, Bag) else p[:rows] for p in looked]
+            cca = self._cca(sample)
+            mae = self._reconstruction([p[:rows] for p in parts])
+            loss = loss + config.cca_weight * cca + config.mae_weight * mae
         return loss
 
     def _cca(self, looked: list[torch.Tensor | Bag]) -> torch.Tensor:
