@@ -38,6 +38,7 @@ class IndexBench:
     build_seconds: float
     train_seconds: float
     add_seconds: float
+    build_cpu_seconds: float
     build_recall: float
     recall: float
     bundle_bytes: dict[str, int]
@@ -55,7 +56,8 @@ class IndexBench:
             f"factory         {self.factory}",
             f"defaults        nprobe={self.nprobe} refine_factor={self.refine_factor:g}",
             f"build seconds   {self.build_seconds:.1f} (train {self.train_seconds:.1f}, add {self.add_seconds:.1f}, "
-            f"exact search + tuning {self.build_seconds - self.train_seconds - self.add_seconds:.1f})",
+            f"exact search + tuning {self.build_seconds - self.train_seconds - self.add_seconds:.1f}); "
+            f"{self.build_cpu_seconds:.1f} CPU-seconds over {self.threads} threads",
             f"recall@{k}      {self.recall:.4f} on {self.queries} unseen queries at the defaults "
             f"(build report: {self.build_recall:.4f})",
             f"bundle MB       {total_mb:.1f} ({files})",
@@ -120,6 +122,7 @@ def run_index_bench(
         build_seconds=report.build_seconds,
         train_seconds=report.train_seconds or 0.0,
         add_seconds=report.add_seconds or 0.0,
+        build_cpu_seconds=report.cpu_seconds or 0.0,
         build_recall=report.recall_at_k,
         recall=recall_at_k(found, exact),
         bundle_bytes=sizes,

@@ -66,6 +66,7 @@ class BuildReport(Frozen):
     tune_queries: int | None = None
     train_seconds: float | None = None
     add_seconds: float | None = None
+    cpu_seconds: float | None = None
     device: str = "cpu"
 
 

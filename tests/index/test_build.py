@@ -124,3 +124,9 @@ def test_gpu_build_clusters_on_the_gpu_and_writes_a_cpu_index(data: Data) -> Non
     assert gpu_built.report.recall_at_k >= 0.95
     found = search(gpu_built.index, unseen, 100, search_parameters(gpu_built.index, gpu_built.search_defaults))[1]
     assert recall_at_k(found, exact_top_k(candidates, unseen, 100)) >= 0.94
+
+
+def test_too_few_queries_to_tune_and_report(data: Data) -> None:
+    candidates, queries, _ = data
+    with pytest.raises(ValueError, match="at least two queries"):
+        build_index(candidates, queries[:1], "test", device="cpu")
