@@ -10,9 +10,9 @@ from typing import Literal
 import faiss
 import numpy as np
 
-from index.gpu import gpu_clustering_index
+from index.gpu import gpu_clustering_index, gpu_copy
 from index.manifest import BuildReport, SearchDefaults
-from index.progress import track
+from index.progress import Tracker, track
 from index.search import exact_top_k, per_query_recall, search, search_parameters
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -78,18 +78,19 @@ def build_index(
     rng = np.random.default_rng(seed)
     train_size = min(num, train_size or default_train_size(num, _lists(index)))
     sample = embeddings[np.sort(rng.choice(num, size=train_size, replace=False))]
-    with track("build index", total=2 + math.ceil(num / ADD_CHUNK)) as progress:
+    with track("build index", total=3 + math.ceil(num / ADD_CHUNK)) as progress:
         used = _train(index, sample, device)
         train_seconds = time.monotonic() - started
         progress.advance(note=f"trained on {used}")
-        for start in range(0, num, ADD_CHUNK):
-            index.add(embeddings[start : start + ADD_CHUNK])
-            progress.advance(note="adding")
+        ivf = faiss.try_extract_index_ivf(index)
+        coarse = gpu_copy(ivf.quantizer) if used == "cuda" and ivf is not None else None
+        add_in_chunks(index, embeddings, progress, coarse)
         add_seconds = time.monotonic() - started - train_seconds
 
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         chosen = rng.permutation(len(queries))[:max_queries]
         exact = exact_top_k(embeddings, queries[chosen], k)
+        progress.advance(note="exact search")
         half = len(chosen) // 2
         tune, held_out = chosen[:half], chosen[half:]
         defaults = tune_defaults(index, queries[tune], exact[:half], k, target_recall)
@@ -139,6 +140,32 @@ def _train(index: faiss.Index, sample: np.ndarray, device: Device) -> str:
     ivf.quantizer.reset()
     index.train(sample)
     return "cpu"
+
+
+def add_in_chunks(
+    index: faiss.Index, embeddings: np.ndarray, progress: Tracker, coarse: faiss.Index | None = None
+) -> None:
+    """Add every row; with `coarse` (the IVF's centroids, e.g. on a GPU) assigning rows to lists in its stead.
+
+    Assignment is a brute-force search of every row against every centroid, the costly part of adding.
+    The index's own quantizer is put back afterwards, so that what gets written is all on the CPU.
+    """
+    ivf = faiss.try_extract_index_ivf(index)
+    if coarse is None or ivf is None:
+        _add_rows(index, embeddings, progress)
+        return
+    own = ivf.quantizer
+    ivf.quantizer = coarse
+    try:
+        _add_rows(index, embeddings, progress)
+    finally:
+        ivf.quantizer = own
+
+
+def _add_rows(index: faiss.Index, embeddings: np.ndarray, progress: Tracker) -> None:
+    for start in range(0, len(embeddings), ADD_CHUNK):
+        index.add(embeddings[start : start + ADD_CHUNK])
+        progress.advance(note="adding")
 
 
 def tune_defaults(

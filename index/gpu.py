@@ -15,3 +15,10 @@ def gpu_clustering_index(dim: int) -> faiss.Index | None:
     if gpu_count() == 0:
         return None
     return faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(dim))
+
+
+def gpu_copy(index: faiss.Index) -> faiss.Index | None:
+    """A copy of `index` on every GPU (for the coarse quantizer while adding); None without a GPU."""
+    if gpu_count() == 0:
+        return None
+    return faiss.index_cpu_to_all_gpus(index)

@@ -10,6 +10,7 @@ from index.build import (
     REFINE_FACTORS,
     BuiltIndex,
     _probe_grid,
+    add_in_chunks,
     build_index,
     choose_factory,
     tune_defaults,
@@ -130,3 +131,30 @@ def test_too_few_queries_to_tune_and_report(data: Data) -> None:
     candidates, queries, _ = data
     with pytest.raises(ValueError, match="at least two queries"):
         build_index(candidates, queries[:1], "test", device="cpu")
+
+
+def test_adding_through_another_copy_of_the_centroids_gives_the_same_index(data: Data) -> None:
+    """The GPU build assigns rows with a GPU copy of the centroids: swapped in for the add, then swapped back."""
+    candidates = data[0]
+    factory = choose_factory(NUM, DIM)
+    plain, swapped = (faiss.index_factory(DIM, factory, faiss.METRIC_INNER_PRODUCT) for _ in range(2))
+    for index in (plain, swapped):
+        index.train(candidates)
+    ivf = faiss.extract_index_ivf(swapped)
+    own = ivf.quantizer
+    add_in_chunks(plain, candidates, Silent())
+    add_in_chunks(swapped, candidates, Silent(), coarse=faiss.clone_index(own))
+    assert ivf.quantizer.this == own.this  # the index's own quantizer is back, so it writes as a CPU index
+    assert np.array_equal(faiss.serialize_index(plain), faiss.serialize_index(swapped))
+
+    # And the stand-in really does the assigning: with its centroids reordered, rows land in other lists.
+    reordered = faiss.IndexFlatIP(DIM)
+    reordered.add(own.reconstruct_n(0, own.ntotal)[::-1].copy())
+    swapped.reset()
+    add_in_chunks(swapped, candidates, Silent(), coarse=reordered)
+    assert not np.array_equal(faiss.serialize_index(plain), faiss.serialize_index(swapped))
+
+
+class Silent:
+    def advance(self, steps: int = 1, note: str = "") -> None:
+        pass
