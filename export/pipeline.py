@@ -31,7 +31,6 @@ class ExportResult:
 def served_user_embeddings(tower: Path, data: InteractionData, users: np.ndarray) -> np.ndarray:
     """User embeddings from the exported ONNX tower, one row per user (zeros for users not asked for)."""
     session = ort.InferenceSession(str(tower), providers=["CPUExecutionProvider"])
-    out = np.zeros((data.num_users, 0), dtype=np.float32)
     embedded = embed(session, data.feature_spec, request_inputs(data, users))
     out = np.zeros((data.num_users, embedded.shape[1]), dtype=np.float32)
     out[users] = embedded
