@@ -53,6 +53,8 @@ from service.validation import validate_features
 log = structlog.get_logger(__name__)
 # Module level: FastAPI resolves the string annotations of dependencies against module globals.
 BEARER = HTTPBearer(auto_error=False)
+# Candidate ids are int64: an excluded id outside that range matches no candidate, so it is dropped.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass
@@ -247,7 +249,7 @@ def create_app(settings: Settings) -> FastAPI:
             snapshot,
             features,
             body.k,
-            frozenset(body.exclude_ids),
+            frozenset(i for i in body.exclude_ids if INT64_MIN <= i <= INT64_MAX),
             settings.request_timeout_ms / 1000,
         )
         timings = answer.timings

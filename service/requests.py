@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from index.manifest import FeatureField, FeatureSpec
+from service.validation import FLOAT32_MAX
 
 
 class RetrieveResponse(BaseModel):
@@ -52,7 +53,7 @@ def features_json_schema(spec: FeatureSpec) -> dict[str, Any]:
 
     def field_schema(field: FeatureField) -> dict[str, Any]:
         if field.kind == "numeric":
-            return {"type": "number", "description": "a finite number"}
+            return {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
         assert field.vocab_size is not None
         identifier = {"type": "integer", "minimum": 0, "maximum": field.vocab_size - 1}
         if field.kind == "categorical":

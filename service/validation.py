@@ -10,6 +10,8 @@ import numpy as np
 
 from index.manifest import FeatureField, FeatureSpec
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 class FeatureError(ValueError):
     """A client's mistake in one field; `loc` names it as FastAPI's 422 bodies do."""
@@ -55,6 +57,8 @@ def _check(field: FeatureField, value: object, loc: tuple[str | int, ...]) -> in
             raise FeatureError(loc, "expected a number", "float_type")
         if not math.isfinite(value):
             raise FeatureError(loc, "expected a finite number, got NaN or infinity", "finite_number")
+        if abs(value) > FLOAT32_MAX:
+            raise FeatureError(loc, f"{value:g} does not fit the tower's float32", "float32_range")
         return float(value)
     if field.kind == "categorical":
         return _id(field, value, loc)

@@ -115,7 +115,9 @@ class Watcher:
         while True:
             try:
                 await self._follow_redis()
-            except (RedisError, OSError, ValidationError, ValueError) as e:
+            except Exception as e:
+                # Redis errors, a half-open socket timing out, a pointer that does not parse: the follower
+                # reconnects and meanwhile serving goes on from what it has.
                 if self.state == "connected":
                     self.reconnects += 1
                 self.state = "disconnected"

@@ -57,7 +57,7 @@ def other_tower(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from export.synthetic import SyntheticConfig, generate
     from export.train import TrainConfig
 
-    data = generate(SyntheticConfig(num_users=300, num_candidates=4000, num_clusters=80, seed=8))
+    data = generate(SyntheticConfig(num_users=1500, num_candidates=4000, num_clusters=80, seed=8))
     result = run_export(data, TrainConfig(epochs=1, dim=32, seed=8), tmp_path_factory.mktemp("other"))
     return result.root / "user_tower.onnx"
 

@@ -121,6 +121,7 @@ def test_gpu_build_clusters_on_the_gpu_and_writes_a_cpu_index(data: Data) -> Non
     assert gpu_built.report.device == "cuda"
     ivf = faiss.extract_index_ivf(gpu_built.index)
     assert ivf.clustering_index is None  # nothing on the GPU is left inside what gets written
+    assert isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexFlatIP)
     faiss.serialize_index(gpu_built.index)
     assert gpu_built.report.recall_at_k >= 0.95
     found = search(gpu_built.index, unseen, 100, search_parameters(gpu_built.index, gpu_built.search_defaults))[1]

@@ -74,6 +74,13 @@ def test_bad_requests_get_422_naming_the_field(client: TestClient, body: dict[st
     assert response.json()["detail"][0]["loc"] == loc
 
 
+def test_excluded_ids_beyond_int64_exclude_nothing(client: TestClient) -> None:
+    plain = client.post("/v1/retrieve", json={"features": GOOD, "k": 10}).json()["ids"]
+    response = client.post("/v1/retrieve", json={"features": GOOD, "k": 10, "exclude_ids": [2**80, -(2**70)]})
+    assert response.status_code == 200
+    assert response.json()["ids"] == plain
+
+
 def test_non_finite_numbers_get_422(client: TestClient) -> None:
     for raw in (b"NaN", b"Infinity", b"-Infinity"):
         body = b'{"features": {"region": 1, "activity": ' + raw + b"}}"

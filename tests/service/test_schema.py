@@ -19,7 +19,9 @@ def test_the_api_conforms_to_its_schema(store: Path, server_factory: ServerFacto
         operation = result.ok()
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(
+            max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True
+        )
         def conforms(case: schemathesis.Case) -> None:
             case.call_and_validate()
 

@@ -36,6 +36,7 @@ def test_valid_features_are_encoded_and_optional_ones_defaulted() -> None:
         ({"region": 1, "activity": math.nan}, ("body", "features", "activity"), "finite_number"),
         ({"region": 1, "activity": math.inf}, ("body", "features", "activity"), "finite_number"),
         ({"region": 1, "activity": "high"}, ("body", "features", "activity"), "float_type"),
+        ({"region": 1, "activity": -1.97e253}, ("body", "features", "activity"), "float32_range"),
         ({"region": 1, "history": 5}, ("body", "features", "history"), "list_type"),
         ({"region": 1, "history": [1, 2, 3, 4]}, ("body", "features", "history"), "too_long"),
         ({"region": 1, "history": [1, 100]}, ("body", "features", "history", 1), "vocabulary"),
