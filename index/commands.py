@@ -70,7 +70,7 @@ def publish_command(
     target = _object_store(remote, endpoint_url) if remote else None
     try:
         pointer = publish(LocalStore(store), version, client, prefix, force, remote=target)
-    except (PublishError, SnapshotError) as e:
+    except PublishError as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(1) from None
     typer.echo(f"published {pointer.version} ({pointer.uri})")

@@ -62,7 +62,10 @@ def publish(
         raise PublishError(f"refusing to publish {version}: {e}") from None
     if remote is not None:
         _refuse_older(version, store.read_pointer() if client is None else read_redis_pointer(client, prefix), force)
-        remote.push(bundle)
+        try:
+            remote.push(bundle)
+        except SnapshotError as e:
+            raise PublishError(f"refusing to publish {version}: {e}") from None
     pointer = Pointer(
         version=version,
         uri=store.uri(version) if remote is None else remote.uri(version),

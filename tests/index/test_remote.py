@@ -12,7 +12,7 @@ import pytest
 
 from index.bundle import SnapshotError, verify_files
 from index.manifest import IDS_NAME, INDEX_NAME, MANIFEST_NAME
-from index.publish import publish
+from index.publish import PublishError, publish
 from index.remote import ObjectStore, fetch_uri
 from index.store import LocalStore
 from tests.index.tampering import copy_version, manifest_document, resign
@@ -142,3 +142,11 @@ def test_publish_to_a_remote_names_it_in_the_pointer(remote: ObjectStore, local:
     fetched = fetch_uri(pointer.uri, tmp_path / "cache", **options)
     assert verify_files(fetched).version == VERSIONS[1]
     assert fetch_uri(local.uri(VERSIONS[0]), tmp_path / "unused") == local.path(VERSIONS[0]).resolve()
+
+
+def test_publish_refuses_what_the_remote_already_holds_differently(remote: ObjectStore, local: LocalStore) -> None:
+    remote.push(local.path(VERSIONS[1]))
+    resign(local.path(VERSIONS[1]), provenance={"dataset": "rebuilt"})
+    with pytest.raises(PublishError, match=f"refusing to publish {VERSIONS[1]}: .*already holds a different snapshot"):
+        publish(local, VERSIONS[1], remote=remote)
+    assert local.read_pointer() is None
