@@ -13,6 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import faiss
 import numpy as np
 
 from service.metrics import Metrics
@@ -62,6 +63,7 @@ class Batcher:
         max_queue: int,
         metrics: Metrics,
         monitor: RecallMonitor | None = None,
+        threads: int = 1,
     ) -> None:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
@@ -69,7 +71,9 @@ class Batcher:
         self.metrics = metrics
         self.monitor = monitor
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ebr-compute")
+        self.executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="ebr-compute", initializer=faiss.omp_set_num_threads, initargs=(threads,)
+        )
 
     async def submit(
         self, snapshot: Snapshot, features: Encoded, k: int, exclude: frozenset[int], timeout_s: float

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import faiss
 import structlog
 
 from index.bundle import SnapshotError, manifest_sha256, read_manifest
@@ -30,11 +31,13 @@ log = structlog.get_logger(__name__)
 LOADER_NICENESS = 10
 
 
-def _run_below_serving() -> None:
+def _run_below_serving(threads: int) -> None:
     """Loading, verifying and warming a snapshot must not take CPU from requests: this thread yields to them.
 
-    Linux keeps a nice value per thread, so this lowers only the loader (and threads it starts).
+    Linux keeps a nice value per thread, so this lowers only the loader (and threads it starts). OpenMP's
+    thread count is per calling thread too, so it is set here, where the loader's searches run.
     """
+    faiss.omp_set_num_threads(threads)
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOADER_NICENESS)
 
@@ -80,7 +83,9 @@ class SnapshotHolder:
         self.last_failure: Failure | None = None
         self._last_serving: str | None = None
         self._lock = asyncio.Lock()
-        self._loader = ThreadPoolExecutor(1, thread_name_prefix="ebr-load", initializer=_run_below_serving)
+        self._loader = ThreadPoolExecutor(
+            1, thread_name_prefix="ebr-load", initializer=_run_below_serving, initargs=(threads,)
+        )
 
     @property
     def busy(self) -> bool:

@@ -40,7 +40,9 @@ class RecallMonitor:
         self.sample_rate = sample_rate
         self.recalls: deque[float] = deque(maxlen=window)
         self._random = random.Random(seed)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ebr-recall")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="ebr-recall", initializer=faiss.omp_set_num_threads, initargs=(1,)
+        )
         self._busy = threading.Semaphore(1)
 
     def offer(self, snapshot: Snapshot, queries: np.ndarray, served: list[list[int] | None]) -> None:

@@ -28,7 +28,9 @@ class Settings(BaseSettings):
     max_exclude: int = Field(10_000, ge=0, description="most exclude_ids a request may carry")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
     max_batch_size: int = Field(64, ge=1, description="requests run as one tower and search batch")
-    max_batch_wait_ms: float = Field(0.5, ge=0, description="how long a batch waits to fill")
+    max_batch_wait_ms: float = Field(
+        0.0, ge=0, description="how long a batch waits to fill; 0: requests that arrive during a batch form the next"
+    )
     max_queue: int = Field(2048, ge=1, description="queued requests beyond this get a fast 429")
     request_timeout_ms: float = Field(2000, gt=0, description="a request not done by then gets 503")
     poll_interval_s: float = Field(5.0, gt=0, description="slow timer: re-read the pointer this often")
