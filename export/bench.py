@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export.datasets import load
+from export.interactions import InteractionData
 from export.pipeline import run_export
 from export.train import TrainConfig
 
@@ -57,12 +58,27 @@ def run_benchmark(
             for seed in seeds[:1] if dataset in first_seed_only else seeds:
                 config = setup(dataset, objective, seed, epochs)
                 directory = out / dataset / objective / f"seed{seed}"
-                result = run_export(data, config, directory / "export", eval_k=K, through_index=True)
-                directory.joinpath("config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
-                directory.joinpath("metrics.json").write_text(json.dumps(result.metrics, indent=2))
-                runs.append(Run(dataset, objective, seed, result.metrics))
+                runs.append(
+                    Run(dataset, objective, seed, _finished(directory, config) or _run(data, config, directory))
+                )
                 (out / "runs.json").write_text(json.dumps([dataclasses.asdict(r) for r in runs], indent=2))
     return runs
+
+
+def _finished(directory: Path, config: TrainConfig) -> dict[str, float] | None:
+    """The metrics of an earlier run of exactly this configuration, so an interrupted benchmark resumes."""
+    config_file, metrics_file = directory / "config.json", directory / "metrics.json"
+    done = config_file.is_file() and metrics_file.is_file()
+    if done and json.loads(config_file.read_text()) == dataclasses.asdict(config):
+        return dict(json.loads(metrics_file.read_text()))
+    return None
+
+
+def _run(data: InteractionData, config: TrainConfig, directory: Path) -> dict[str, float]:
+    result = run_export(data, config, directory / "export", eval_k=K, through_index=True)
+    directory.joinpath("config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    directory.joinpath("metrics.json").write_text(json.dumps(result.metrics, indent=2))
+    return result.metrics
 
 
 COLUMNS = (
