@@ -19,7 +19,7 @@ import structlog
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -253,6 +253,7 @@ def create_app(settings: Settings) -> ASGIApp:
             batcher.close()
             monitor.close()
             holder.close()
+            metrics.close()
             if client is not None:
                 await client.aclose()
 
@@ -325,7 +326,7 @@ def create_app(settings: Settings) -> ASGIApp:
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics_route() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     if settings.admin_token is not None:
         app.include_router(admin_router(settings.admin_token.get_secret_value(), runtime_of))

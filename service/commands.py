@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import typer
 import uvicorn
@@ -11,6 +15,7 @@ from index.bundle import SnapshotError, read_manifest
 from index.store import LocalStore
 from service.bench_serve import bench_serve_command
 from service.bench_swap import bench_swap_command
+from service.metrics import MULTIPROCESS_DIR
 from service.payloads import example_payload
 from service.settings import Settings
 
@@ -33,16 +38,31 @@ def serve_command() -> None:
     example = curl_example(settings)
     if example:
         typer.echo(f"ebr serving on http://{settings.host}:{settings.port}; try:\n  {example}", err=True)
-    uvicorn.run(
-        "service.app:app_from_environment",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=settings.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
+    with multiprocess_metrics(settings.workers):
+        uvicorn.run(
+            "service.app:app_from_environment",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=settings.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=30,
+        )
+
+
+@contextmanager
+def multiprocess_metrics(workers: int) -> Iterator[None]:
+    """Workers share a fresh metrics directory, set before they start so each imports prometheus-client in it."""
+    if workers == 1 or os.environ.get(MULTIPROCESS_DIR):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="ebr-metrics-") as directory:
+        os.environ[MULTIPROCESS_DIR] = directory
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROCESS_DIR]
 
 
 def bench_group(app: typer.Typer) -> typer.Typer:

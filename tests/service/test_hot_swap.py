@@ -320,3 +320,14 @@ def test_each_worker_follows_on_its_own_and_reports_to_the_fleet(
         time.sleep(0.2)
     assert len(fleet) == 2  # type: ignore[arg-type]
     assert {r["state"] for r in fleet.values()} == {"serving"}  # type: ignore[attr-defined]
+
+    sent = 40
+    for _ in range(sent):  # a new connection each, so the requests spread over both workers
+        assert httpx.post(f"{server.url}/v1/retrieve", json={"features": FEATURES}).status_code == 200
+    metrics = httpx.get(f"{server.url}/metrics").text
+    counted = sum(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith('ebr_request_seconds_count{route="/v1/retrieve",status="200"}')
+    )
+    assert counted == sent  # both workers' requests, whichever worker answered the scrape
