@@ -207,7 +207,9 @@ def open_bundle(
     if len(ids) != manifest.num_candidates:
         raise SnapshotError(f"{bundle}: {len(ids)} candidate ids, manifest says {manifest.num_candidates}")
 
-    flags = faiss.IO_FLAG_READ_ONLY | (faiss.IO_FLAG_MMAP if mmap_index else 0)
+    # IO_FLAG_MMAP_IFC maps the stored codes (the refinement's SQ8 vectors) instead of copying them, so the
+    # workers of one host share those pages; the fast-scan lists are still copied, FAISS can't map them.
+    flags = faiss.IO_FLAG_READ_ONLY | (faiss.IO_FLAG_MMAP_IFC if mmap_index else 0)
     try:
         index = faiss.read_index(str(bundle / INDEX_NAME), flags)
     except RuntimeError as e:

@@ -221,6 +221,7 @@ def create_app(settings: Settings) -> ASGIApp:
             on_change,
             settings.memory_limit_bytes,
             settings.unload_first_when_tight,
+            settings.mmap_index,
         )
         watcher = Watcher(holder, store, client, settings.redis_prefix, settings.replica_id, settings.poll_interval_s)
         reporters.append(watcher.report)

@@ -68,6 +68,7 @@ class SnapshotHolder:
         on_change: Callable[[], None] = lambda: None,
         memory_limit_bytes: int | None = None,
         unload_first_when_tight: bool = False,
+        mmap_index: bool = False,
     ) -> None:
         self.store = store
         self.placement = placement
@@ -77,6 +78,7 @@ class SnapshotHolder:
         self.on_change = on_change
         self.memory_limit_bytes = memory_limit_bytes
         self.unload_first_when_tight = unload_first_when_tight
+        self.mmap_index = mmap_index
         self.current: Snapshot | None = None
         self.previous_version: str | None = None
         self.loading: str | None = None
@@ -169,7 +171,7 @@ class SnapshotHolder:
         path = self.store.path(version)
         if expected_manifest is not None and manifest_sha256(path) != expected_manifest:
             raise SnapshotError(f"{path}: manifest is not the one the pointer published (sha256 differs)")
-        snapshot = load_snapshot(path, self.placement, self.threads)
+        snapshot = load_snapshot(path, self.placement, self.threads, self.mmap_index)
         snapshot.warm_up()
         snapshot.run_quality_gate(self.gate_recall)
         return snapshot

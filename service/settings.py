@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     unload_first_when_tight: bool = Field(
         False, description="when old and new cannot both fit: unload first, not ready in the gap, instead of refusing"
     )
+    mmap_index: bool = Field(True, description="map the index's stored codes so workers share their pages")
     drain_seconds: float = Field(0.0, ge=0, description="after SIGTERM: not ready, but still serving, this long")
     recall_sample_rate: float = Field(
         0.001, ge=0, le=1, description="share of live queries re-run exhaustively for the online recall gauge"

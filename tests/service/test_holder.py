@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import weakref
 from pathlib import Path
 
@@ -140,3 +141,20 @@ def test_one_load_at_a_time(store: Path) -> None:
 def test_available_memory_is_read_from_this_machine() -> None:
     available = available_bytes()
     assert 0 < available <= psutil.virtual_memory().total
+
+
+def test_a_memory_mapped_index_answers_like_a_loaded_one(store: Path) -> None:
+    from service.snapshot import load_snapshot
+
+    placement = choose_placement("cpu")
+    loaded = load_snapshot(store / V1, placement, threads=1)
+    mapped = load_snapshot(store / V1, placement, threads=1, mmap_index=True)
+    golden = loaded.bundle.golden
+    assert golden is not None
+    queries = loaded.bundle.session.run(["embedding"], golden.inputs)[0]
+    ks, excludes = [20] * len(queries), [frozenset[int]()] * len(queries)
+    assert [h.ids for h in mapped.search(queries, ks, excludes)] == [
+        h.ids for h in loaded.search(queries, ks, excludes)
+    ]
+    maps = Path(f"/proc/{os.getpid()}/maps").read_text()
+    assert str(store / V1 / INDEX_NAME) in maps
