@@ -9,7 +9,7 @@ import itertools
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -51,6 +51,7 @@ from service.requests import (
 from service.settings import Settings
 from service.snapshot import Snapshot
 from service.validation import validate_features
+from service.watcher import Watcher
 
 log = structlog.get_logger(__name__)
 # Module level: FastAPI resolves the string annotations of dependencies against module globals.
@@ -66,7 +67,7 @@ class Runtime:
     placement: Placement
     holder: SnapshotHolder
     batcher: Batcher
-    watcher: Any
+    watcher: Watcher
     draining: bool = False
 
 
@@ -195,8 +196,6 @@ def create_app(settings: Settings) -> ASGIApp:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from service.watcher import Watcher
-
         store = LocalStore(settings.store)
         placement = choose_placement(settings.device)
         client = (
@@ -206,25 +205,18 @@ def create_app(settings: Settings) -> ASGIApp:
             if settings.redis_url
             else None
         )
-        reporters: list[Callable[[], Coroutine[Any, Any, None]]] = []
-
-        def on_change() -> None:
-            for report in reporters:
-                asyncio.get_running_loop().create_task(report())
-
         holder = SnapshotHolder(
             store,
             placement,
             metrics,
             settings.threads,
             settings.quality_gate_recall,
-            on_change,
-            settings.memory_limit_bytes,
-            settings.unload_first_when_tight,
-            settings.mmap_index,
+            memory_limit_bytes=settings.memory_limit_bytes,
+            unload_first_when_tight=settings.unload_first_when_tight,
+            mmap_index=settings.mmap_index,
         )
         watcher = Watcher(holder, store, client, settings.redis_prefix, settings.replica_id, settings.poll_interval_s)
-        reporters.append(watcher.report)
+        holder.on_change = watcher.report_soon
         monitor = RecallMonitor(metrics, settings.recall_sample_rate)
         batcher = Batcher(
             settings.max_batch_size,

@@ -174,4 +174,8 @@ class SnapshotHolder:
         snapshot = load_snapshot(path, self.placement, self.threads, self.mmap_index)
         snapshot.warm_up()
         snapshot.run_quality_gate(self.gate_recall)
+        serving = self.current
+        overlap = snapshot.golden_overlap(serving) if serving is not None else None
+        if overlap is not None:
+            snapshot.gate["overlap_with_serving"] = round(overlap, 4)
         return snapshot

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +31,6 @@ class Snapshot:
     placement: Placement
     index: faiss.Index
     params: faiss.SearchParameters | None
-    loaded_at: float = field(default_factory=time.time)
     gate: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -42,10 +40,6 @@ class Snapshot:
     @property
     def manifest(self) -> Manifest:
         return self.bundle.manifest
-
-    @property
-    def resident_bytes(self) -> int:
-        return sum(entry.size for entry in self.manifest.files.values())
 
     def embed(self, requests: list[Encoded]) -> np.ndarray:
         batch = encode_batch(self.manifest.feature_spec, requests)
@@ -89,25 +83,27 @@ class Snapshot:
         golden = self.bundle.golden
         if golden is None:
             return {}
-        queries = self.bundle.session.run([self.manifest.feature_spec.output], golden.inputs)[0]
         k = golden.exact_rows.shape[1]
-        rows = search(self.index, queries, k, self.params)[1]
-        recall = recall_at_k(rows, golden.exact_rows)
-        self.gate = {"golden_recall": round(recall, 4), "golden_queries": float(len(queries))}
+        recall = recall_at_k(self._golden_rows(golden.inputs, k), golden.exact_rows)
+        self.gate = {"golden_recall": round(recall, 4), "golden_queries": float(len(golden.exact_rows))}
         if recall < threshold:
             raise QualityGateError(
                 f"{self.version}: golden recall@{k} {recall:.3f} is below the gate's {threshold:.3f}"
             )
         return self.gate
 
-    def golden_answers(self) -> np.ndarray | None:
-        """This snapshot's answers to its golden queries, as candidate ids, to compare two snapshots."""
+    def golden_overlap(self, other: Snapshot) -> float | None:
+        """Share of this snapshot's golden answers that `other` gives too, for the same golden requests."""
         golden = self.bundle.golden
-        if golden is None:
+        if golden is None or other.manifest.feature_spec != self.manifest.feature_spec:
             return None
-        queries = self.bundle.session.run([self.manifest.feature_spec.output], golden.inputs)[0]
-        rows = search(self.index, queries, golden.exact_rows.shape[1], self.params)[1]
-        return np.asarray(self.bundle.candidate_ids[np.maximum(rows, 0)])
+        k = golden.exact_rows.shape[1]
+        ours, theirs = (s.bundle.candidate_ids[np.maximum(s._golden_rows(golden.inputs, k), 0)] for s in (self, other))
+        return recall_at_k(theirs, ours)
+
+    def _golden_rows(self, inputs: dict[str, np.ndarray], k: int) -> np.ndarray:
+        queries = self.bundle.session.run([self.manifest.feature_spec.output], inputs)[0]
+        return np.asarray(search(self.index, queries, k, self.params)[1])
 
 
 def _bucket(n: int) -> int:

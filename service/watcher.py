@@ -53,6 +53,7 @@ class Watcher:
         self.bad: set[str] = set()
         self.reconnects = 0
         self._wake = asyncio.Event()
+        self._reports: set[asyncio.Task[None]] = set()
 
     def offer(self, pointer: Pointer | None, source: str) -> None:
         """Note a pointer seen anywhere; the loader acts on the newest."""
@@ -172,6 +173,12 @@ class Watcher:
         if self.holder.loading:
             return "loading"
         return "serving" if self.holder.current else "starting"
+
+    def report_soon(self) -> None:
+        """Report from synchronous code; the task is kept until done so it is not collected half-way."""
+        task = asyncio.get_running_loop().create_task(self.report())
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
 
     async def report(self, state: str | None = None) -> None:
         """Write this replica's view into the fleet hash; a Redis outage only skips the write."""

@@ -36,6 +36,10 @@ def test_load_beside_switches_and_remembers_the_previous(store: Path) -> None:
         assert holder.current is not None and holder.current.version == V2
         assert holder.previous_version == V1
         assert first is not None and first.version == V1
+        # V2 holds the same tower and vectors under other ids, so none of its answers are V1's.
+        assert holder.current.gate["overlap_with_serving"] == 0.0
+        await holder.load(V2)
+        assert holder.current.gate["overlap_with_serving"] == 1.0
 
     asyncio.run(scenario())
 
