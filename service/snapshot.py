@@ -12,7 +12,8 @@ from index.bundle import OpenBundle, open_bundle
 from index.manifest import Manifest
 from index.search import recall_at_k, search, search_parameters
 from service.devices import Placement
-from service.validation import Encoded, encode_batch
+from service.payloads import random_features
+from service.validation import Encoded, encode_batch, validate_features
 
 
 class QualityGateError(Exception):
@@ -67,16 +68,12 @@ class Snapshot:
                 out[i] = Hits(query_ids[keep][: ks[i]].tolist(), query_scores[keep][: ks[i]].tolist())
         return [h for h in out if h is not None]
 
-    def warm_up(self, queries: int = 64) -> None:
-        """Run the tower and the index once before serving, so the first request pays no cold start."""
-        golden = self.bundle.golden
-        if golden is not None:
-            vectors = self.bundle.session.run([self.manifest.feature_spec.output], golden.inputs)[0]
-        else:
-            rng = np.random.default_rng(0)
-            vectors = rng.standard_normal((queries, self.manifest.dim)).astype(np.float32)
-            faiss.normalize_L2(vectors)
-        search(self.index, vectors, min(100, self.manifest.num_candidates), self.params)
+    def warm_up(self, requests: int = 16) -> None:
+        """Run tower and index once on made-up requests, for a snapshot without golden queries to do it."""
+        spec = self.manifest.feature_spec
+        rng = np.random.default_rng(0)
+        made_up = [validate_features(spec, random_features(spec, rng)) for _ in range(requests)]
+        self.search(self.embed(made_up), [10] * requests, [frozenset()] * requests)
 
     def run_quality_gate(self, threshold: float) -> dict[str, float]:
         """Golden queries through tower and index must reach `threshold` recall@K of their exact answers."""
@@ -98,12 +95,17 @@ class Snapshot:
         if golden is None or other.manifest.feature_spec != self.manifest.feature_spec:
             return None
         k = golden.exact_rows.shape[1]
-        ours, theirs = (s.bundle.candidate_ids[np.maximum(s._golden_rows(golden.inputs, k), 0)] for s in (self, other))
+        # A sample is enough for a report, and `other` is serving: keep its extra work small.
+        inputs = {name: value[:OVERLAP_QUERIES] for name, value in golden.inputs.items()}
+        ours, theirs = (s.bundle.candidate_ids[np.maximum(s._golden_rows(inputs, k), 0)] for s in (self, other))
         return recall_at_k(theirs, ours)
 
     def _golden_rows(self, inputs: dict[str, np.ndarray], k: int) -> np.ndarray:
         queries = self.bundle.session.run([self.manifest.feature_spec.output], inputs)[0]
         return np.asarray(search(self.index, queries, k, self.params)[1])
+
+
+OVERLAP_QUERIES = 64
 
 
 def _bucket(n: int) -> int:

@@ -162,3 +162,21 @@ def test_a_memory_mapped_index_answers_like_a_loaded_one(store: Path) -> None:
     ]
     maps = Path(f"/proc/{os.getpid()}/maps").read_text()
     assert str(store / V1 / INDEX_NAME) in maps
+
+
+def test_a_bundle_without_golden_queries_is_warmed_with_made_up_requests(store: Path) -> None:
+    import json
+
+    from index.manifest import GOLDEN_NAME, MANIFEST_NAME
+
+    (store / V2 / GOLDEN_NAME).unlink()
+    manifest = json.loads((store / V2 / MANIFEST_NAME).read_text())
+    del manifest["files"][GOLDEN_NAME]
+    (store / V2 / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+    async def scenario() -> None:
+        holder = holder_for(store)
+        await holder.load(V2)
+        assert holder.current is not None and holder.current.gate == {}
+
+    asyncio.run(scenario())
