@@ -214,6 +214,9 @@ def create_app(settings: Settings) -> ASGIApp:
             memory_limit_bytes=settings.memory_limit_bytes,
             unload_first_when_tight=settings.unload_first_when_tight,
             mmap_index=settings.mmap_index,
+            storage_options={"client_kwargs": {"endpoint_url": settings.s3_endpoint_url}}
+            if settings.s3_endpoint_url
+            else None,
         )
         watcher = Watcher(holder, store, client, settings.redis_prefix, settings.replica_id, settings.poll_interval_s)
         holder.on_change = watcher.report_soon

@@ -14,6 +14,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
 
 import faiss
 import structlog
@@ -69,6 +72,7 @@ class SnapshotHolder:
         memory_limit_bytes: int | None = None,
         unload_first_when_tight: bool = False,
         mmap_index: bool = False,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         self.store = store
         self.placement = placement
@@ -79,11 +83,13 @@ class SnapshotHolder:
         self.memory_limit_bytes = memory_limit_bytes
         self.unload_first_when_tight = unload_first_when_tight
         self.mmap_index = mmap_index
+        self.storage_options = storage_options
         self.current: Snapshot | None = None
         self.previous_version: str | None = None
         self.loading: str | None = None
         self.last_failure: Failure | None = None
         self._last_serving: str | None = None
+        self._last_serving_path: Path | None = None
         self._lock = asyncio.Lock()
         self._loader = ThreadPoolExecutor(
             1, thread_name_prefix="ebr-load", initializer=_run_below_serving, initargs=(threads,)
@@ -93,10 +99,13 @@ class SnapshotHolder:
     def busy(self) -> bool:
         return self._lock.locked()
 
-    async def load(self, version: str, wait: bool = True, manifest_sha256: str | None = None) -> Snapshot:
+    async def load(
+        self, version: str, wait: bool = True, manifest_sha256: str | None = None, uri: str | None = None
+    ) -> Snapshot:
         """Load `version` beside the serving snapshot and switch to it; the old one serves on failure.
 
-        With `manifest_sha256` (from the pointer) the bundle must be exactly the one that was published.
+        With `manifest_sha256` (from the pointer) the bundle must be exactly the one that was published; with
+        a remote `uri` (from the pointer) it is fetched into the local store and verified there first.
         """
         if not wait and self._lock.locked():
             raise LoadInProgressError(f"a load of {self.loading} is in progress")
@@ -105,17 +114,17 @@ class SnapshotHolder:
             self.on_change()
             started = time.monotonic()
             old = self.current
+            loop = asyncio.get_running_loop()
             try:
-                if not self._fits_beside(version):
+                path = await loop.run_in_executor(self._loader, self._local_bundle, version, uri)
+                if not self._fits_beside(path):
                     if not self.unload_first_when_tight or old is None:
                         raise MemoryError(f"{version} does not fit in memory beside {self._serving()}")
                     log.warning("unloading_first", serving=old.version, loading=version)
                     self.current = None
                     del old
                     self.on_change()
-                snapshot = await asyncio.get_running_loop().run_in_executor(
-                    self._loader, self._prepare, version, manifest_sha256
-                )
+                snapshot = await loop.run_in_executor(self._loader, self._prepare, path, manifest_sha256)
             except Exception as e:
                 # Whatever breaks while loading (a checksum, ONNX Runtime on the golden queries, memory),
                 # the snapshot is refused and the one serving stays.
@@ -128,7 +137,7 @@ class SnapshotHolder:
                 self.loading = None
             previous = self.current.version if self.current else self._last_serving
             self.current = snapshot
-            self._last_serving = snapshot.version
+            self._last_serving, self._last_serving_path = snapshot.version, path
             if previous is not None and previous != snapshot.version:
                 self.previous_version = previous
             seconds = time.monotonic() - started
@@ -142,33 +151,39 @@ class SnapshotHolder:
     def _serving(self) -> str:
         return self.current.version if self.current else "nothing"
 
-    def _fits_beside(self, version: str) -> bool:
-        needed = expected_resident_bytes(
-            [entry.size for entry in read_manifest(self.store.path(version)).files.values()]
-        )
+    def _fits_beside(self, path: Path) -> bool:
+        needed = expected_resident_bytes([entry.size for entry in read_manifest(path).files.values()])
         available = self.memory_limit_bytes if self.memory_limit_bytes is not None else available_bytes()
         if needed <= available:
             return True
-        log.warning("snapshot_too_big_to_load_beside", version=version, needed=needed, available=available)
+        log.warning("snapshot_too_big_to_load_beside", bundle=str(path), needed=needed, available=available)
         return False
 
     async def _restore_after_unload(self) -> str:
         """After a failed unload-first swap, bring back what served before, so the gap ends either way."""
-        if self.current is not None or self._last_serving is None:
+        if self.current is not None or self._last_serving_path is None:
             return ""
         try:
             self.current = await asyncio.get_running_loop().run_in_executor(
-                self._loader, self._prepare, self._last_serving
+                self._loader, self._prepare, self._last_serving_path
             )
         except Exception as e:
             return f"; restoring {self._last_serving} failed too: {e}"
         return f"; {self._last_serving} serves again"
 
+    def _local_bundle(self, version: str, uri: str | None) -> Path:
+        if uri is None:
+            return self.store.path(version)
+        if uri.startswith("file://"):
+            return Path(unquote(urlparse(uri).path))
+        from index.remote import fetch_uri
+
+        return fetch_uri(uri, self.store.root, self.storage_options)
+
     def close(self) -> None:
         self._loader.shutdown(wait=False, cancel_futures=True)
 
-    def _prepare(self, version: str, expected_manifest: str | None = None) -> Snapshot:
-        path = self.store.path(version)
+    def _prepare(self, path: Path, expected_manifest: str | None = None) -> Snapshot:
         if expected_manifest is not None and manifest_sha256(path) != expected_manifest:
             raise SnapshotError(f"{path}: manifest is not the one the pointer published (sha256 differs)")
         snapshot = load_snapshot(path, self.placement, self.threads, self.mmap_index)

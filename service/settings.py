@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     store: Path = Field(Path(".ebr/store"), description="snapshot store directory")
     redis_url: str | None = Field(None, description="Redis for the pointer, events and fleet view")
     redis_prefix: str = Field("ebr:snapshot", description="prefix of the Redis keys and channel")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint for pointers whose URI is s3:// (credentials: AWS_* variables)"
+    )
     admin_token: SecretStr | None = Field(None, description="bearer token for /admin; admin is off without")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the tower and index run")
     host: str = "127.0.0.1"

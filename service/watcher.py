@@ -93,7 +93,7 @@ class Watcher:
                 continue
             version = pointer.version
             try:
-                await self.holder.load(version, manifest_sha256=pointer.manifest_sha256)
+                await self.holder.load(version, manifest_sha256=pointer.manifest_sha256, uri=pointer.uri)
             except LoadFailedError:
                 count = self.failures.get(version, 0) + 1
                 self.failures[version] = count
