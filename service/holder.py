@@ -22,9 +22,10 @@ import faiss
 import structlog
 
 from index.bundle import SnapshotError, manifest_sha256, read_manifest
+from index.manifest import INDEX_NAME
 from index.store import LocalStore
 from service.devices import Placement
-from service.memory import available_bytes, expected_resident_bytes
+from service.memory import available_bytes, expected_resident_bytes, gpu_free_bytes
 from service.metrics import Metrics
 from service.snapshot import Snapshot, load_snapshot
 
@@ -152,12 +153,18 @@ class SnapshotHolder:
         return self.current.version if self.current else "nothing"
 
     def _fits_beside(self, path: Path) -> bool:
-        needed = expected_resident_bytes([entry.size for entry in read_manifest(path).files.values()])
+        files = read_manifest(path).files
+        needed = expected_resident_bytes([entry.size for entry in files.values()])
         available = self.memory_limit_bytes if self.memory_limit_bytes is not None else available_bytes()
-        if needed <= available:
-            return True
-        log.warning("snapshot_too_big_to_load_beside", bundle=str(path), needed=needed, available=available)
-        return False
+        if needed > available:
+            log.warning("snapshot_too_big_to_load_beside", bundle=str(path), needed=needed, available=available)
+            return False
+        gpu_free = gpu_free_bytes() if self.placement.device == "cuda" else None
+        gpu_needed = expected_resident_bytes([files[INDEX_NAME].size])
+        if gpu_free is not None and gpu_needed > gpu_free:
+            log.warning("index_too_big_for_the_gpu", bundle=str(path), needed=gpu_needed, free=gpu_free)
+            return False
+        return True
 
     async def _restore_after_unload(self) -> str:
         """After a failed unload-first swap, bring back what served before, so the gap ends either way."""

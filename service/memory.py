@@ -40,3 +40,19 @@ def available_bytes() -> int:
 
 def expected_resident_bytes(file_sizes: list[int]) -> int:
     return int(sum(file_sizes) * RESIDENT_OVERHEAD)
+
+
+def gpu_free_bytes(device: int = 0) -> int | None:
+    """Free memory on the GPU through NVML (nvidia-ml-py, in the gpu extra), or None where it can't be read."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(device)).free)
+        finally:
+            pynvml.nvmlShutdown()
+    except pynvml.NVMLError:
+        return None

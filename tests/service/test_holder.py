@@ -16,7 +16,7 @@ from index.manifest import INDEX_NAME
 from index.store import LocalStore
 from service.devices import choose_placement
 from service.holder import LoadFailedError, LoadInProgressError, SnapshotHolder
-from service.memory import available_bytes
+from service.memory import available_bytes, gpu_free_bytes
 from service.metrics import Metrics
 from tests.conftest import VERSIONS
 
@@ -145,6 +145,8 @@ def test_one_load_at_a_time(store: Path) -> None:
 def test_available_memory_is_read_from_this_machine() -> None:
     available = available_bytes()
     assert 0 < available <= psutil.virtual_memory().total
+    free_on_gpu = gpu_free_bytes()
+    assert free_on_gpu is None if choose_placement("auto").device == "cpu" else free_on_gpu > 0
 
 
 def test_a_memory_mapped_index_answers_like_a_loaded_one(store: Path) -> None:
