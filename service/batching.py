@@ -86,7 +86,9 @@ class Batcher:
         self.queue.put_nowait(job)
         self.metrics.queue_depth.set(self.queue.qsize())
         try:
-            return await asyncio.wait_for(asyncio.shield(job.future), timeout_s)
+            # On timeout the job's future is cancelled, and the batcher skips cancelled jobs.
+            async with asyncio.timeout(timeout_s):
+                return await job.future
         except TimeoutError:
             self.metrics.rejected.labels(reason="deadline").inc()
             raise DeadlineExceededError(f"not answered within {timeout_s * 1000:.0f} ms") from None
