@@ -220,7 +220,7 @@ def create_app(settings: Settings) -> ASGIApp:
         )
         watcher = Watcher(holder, store, client, settings.redis_prefix, settings.replica_id, settings.poll_interval_s)
         holder.on_change = watcher.report_soon
-        monitor = RecallMonitor(metrics, settings.recall_sample_rate)
+        monitor = RecallMonitor(metrics, settings.recall_sample_rate, settings.recall_min_interval_s)
         batcher = Batcher(
             settings.max_batch_size,
             settings.max_batch_wait_ms / 1000,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,9 +36,20 @@ def exhaustive_rows(index: faiss.Index, queries: np.ndarray, k: int) -> np.ndarr
 
 
 class RecallMonitor:
-    def __init__(self, metrics: Metrics, sample_rate: float, window: int = 200, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        sample_rate: float,
+        min_interval_s: float = 1.0,
+        window: int = 200,
+        seed: int | None = None,
+    ) -> None:
         self.metrics = metrics
         self.sample_rate = sample_rate
+        # An exhaustive scan of a million candidates costs tens of milliseconds of CPU: at thousands of
+        # requests a second a pure sampling rate would take a core, so checks are also spaced in time.
+        self.min_interval_s = min_interval_s
+        self._next_check = 0.0
         self.recalls: deque[float] = deque(maxlen=window)
         self._random = random.Random(seed)
         self._executor = ThreadPoolExecutor(
@@ -52,9 +64,13 @@ class RecallMonitor:
         """
         if self.sample_rate <= 0 or self._random.random() >= self.sample_rate * len(served):
             return
+        now = time.monotonic()
+        if now < self._next_check:
+            return
         comparable = [i for i, ids in enumerate(served) if ids]
         if not comparable or not self._busy.acquire(blocking=False):
             return
+        self._next_check = now + self.min_interval_s
         pick = self._random.choice(comparable)
         ids = served[pick]
         assert ids is not None

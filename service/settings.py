@@ -49,5 +49,6 @@ class Settings(BaseSettings):
     recall_sample_rate: float = Field(
         0.001, ge=0, le=1, description="share of live queries re-run exhaustively for the online recall gauge"
     )
+    recall_min_interval_s: float = Field(1.0, ge=0, description="at most one online recall check this often")
     replica_id: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     log_level: str = "info"

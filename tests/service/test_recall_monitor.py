@@ -17,6 +17,7 @@ from service.payloads import random_features
 from service.recall_monitor import exhaustive_rows
 from service.settings import Settings
 from service.snapshot import load_snapshot
+from service.validation import validate_features
 from tests.conftest import VERSIONS, TrainedExport
 from tests.service.test_app import wait_ready
 
@@ -30,7 +31,7 @@ def test_the_exhaustive_scan_agrees_with_exact_search(store: Path, trained_expor
 
 
 def test_sampled_live_queries_set_the_recall_gauge(store: Path) -> None:
-    app = create_app(Settings(store=store, device="cpu", recall_sample_rate=1.0))
+    app = create_app(Settings(store=store, device="cpu", recall_sample_rate=1.0, recall_min_interval_s=0.0))
     with TestClient(app) as client:
         wait_ready(client)
         spec = FeatureSpec.model_validate(client.get("/v1/snapshot").json()["feature_spec"])
@@ -45,3 +46,23 @@ def test_sampled_live_queries_set_the_recall_gauge(store: Path) -> None:
                 if line.startswith("ebr_online_recall "):
                     gauge = float(line.split()[1])
     assert 0.8 <= gauge <= 1.0
+
+
+def test_checks_are_spaced_in_time(store: Path) -> None:
+    from service.metrics import Metrics
+    from service.recall_monitor import RecallMonitor
+
+    snapshot = load_snapshot(store / VERSIONS[0], choose_placement("cpu"), threads=1)
+    monitor = RecallMonitor(Metrics(), sample_rate=1.0, min_interval_s=60.0)
+    request = validate_features(snapshot.manifest.feature_spec, {"region": 1, "history": [3]})
+    queries = snapshot.embed([request] * 4)
+    served: list[list[int] | None] = [h.ids for h in snapshot.search(queries, [10] * 4, [frozenset()] * 4)]
+    for _ in range(50):
+        monitor.offer(snapshot, queries, served)
+    deadline = time.monotonic() + 10
+    while not monitor.recalls:
+        assert time.monotonic() < deadline, "the one check never ran"
+        time.sleep(0.05)
+    time.sleep(0.2)
+    monitor.close()
+    assert len(monitor.recalls) == 1
