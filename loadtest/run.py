@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
-
-import httpx
 
 from index.export_dir import read_export
 from index.publish import publish
 from index.snapshot import build_snapshot
 from index.store import LocalStore
 from loadtest.scenarios import SCENARIOS
+from service.bench_serve import free_port, stop_server, wait_ready
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 BIN = Path(sys.executable).parent
@@ -42,12 +38,6 @@ def prepare_store(export: Path, store: LocalStore, versions: int) -> list[str]:
     return held
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(store: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EBR_")}
     env |= {
@@ -63,32 +53,6 @@ def start_server(store: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [str(BIN / "ebr"), "serve"], env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
         )
-
-
-def wait_ready(process: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"the server was not ready after {timeout:.0f}s:\n{log.read_text()}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group (uvicorn and its workers), then SIGKILL what lingers."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         code = subprocess.run(command, check=False).returncode
     finally:
-        stop(server)
+        stop_server(server)
     print(f"locust exited with {code}; CSV files in {args.out}", flush=True)
     return code
 

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -241,7 +242,7 @@ def sample_answers(url: str, bodies: list[bytes], count: int = 16) -> list[list[
 def measure(
     app: str, bundle: Path, script: Path, workers: int, threads: int, load: Load, folder: Path, bodies: list[bytes]
 ) -> tuple[Result, list[list[int]] | None]:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = folder / f"{app}.log"
     process = start_server(app, bundle, port, workers, threads, log)
@@ -257,9 +258,7 @@ def measure(
     return Result(app, loaded, light, rss, pss), answers
 
 
-def _free_port() -> int:
-    import socket
-
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

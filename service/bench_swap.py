@@ -28,8 +28,8 @@ from index.publish import publish
 from index.store import LocalStore
 from service.bench_serve import (
     Measured,
-    _free_port,
     ensure_bundle,
+    free_port,
     run_wrk,
     server_command,
     server_environment,
@@ -122,7 +122,7 @@ def bench_swap_command(
         copy_as_version(store, base, version)
     script, _ = write_payloads(work, read_manifest(store.path(base)), k)
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = work / "ebr.log"
     following = {"EBR_POLL_INTERVAL_S": "0.2", "EBR_REDIS_PREFIX": prefix}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+
+from service.bench_serve import free_port
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -114,12 +115,6 @@ def redis_prefix(redis_client: redis.Redis) -> Iterator[str]:
     yield prefix
     for key in redis_client.scan_iter(f"{prefix}*"):
         redis_client.delete(key)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -68,20 +66,11 @@ def bundle(built_bundle: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def client() -> Iterator[redis.Redis]:
-    connection = redis.Redis(host="127.0.0.1", port=6379)
-    try:
-        connection.ping()
-    except redis.ConnectionError:
-        pytest.skip("no Redis on 127.0.0.1:6379")
-    yield connection
-    connection.close()
+def client(redis_client: redis.Redis) -> redis.Redis:
+    """The suite's Redis (tests/conftest.py), under the name these tests use."""
+    return redis_client
 
 
 @pytest.fixture
-def prefix(client: redis.Redis) -> Iterator[str]:
-    name = f"test-ebr-index-{uuid.uuid4().hex}"
-    yield name
-    keys = list(client.scan_iter(match=f"{name}:*"))
-    if keys:
-        client.delete(*keys)
+def prefix(redis_prefix: str) -> str:
+    return redis_prefix

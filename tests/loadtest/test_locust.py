@@ -26,7 +26,10 @@ def run_loadtest(export: Path, root: Path, *args: str) -> subprocess.CompletedPr
 
 
 def test_swap_under_load_publishes_every_version_and_drops_nothing(export: Path, tmp_path: Path) -> None:
-    result = run_loadtest(export, tmp_path, "--scenario", "swap", "--seconds", "8", "--versions", "3")
+    # The latency bound is loose on purpose: this asserts what swaps do, and the CPU here is shared.
+    result = run_loadtest(
+        export, tmp_path, "--scenario", "swap", "--seconds", "8", "--versions", "3", "--", "--max-p99-ms", "10000"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     versions = sorted(p.name for p in (tmp_path / "store").iterdir() if p.is_dir())
     assert [f"published {v}" in result.stdout for v in versions] == [False, True, True]

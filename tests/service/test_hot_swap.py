@@ -19,6 +19,7 @@ from index.bundle import sha256_of
 from index.manifest import INDEX_NAME, MANIFEST_NAME, TOWER_NAME
 from index.publish import current_key, events_channel, publish
 from index.store import LocalStore, Pointer
+from service.bench_serve import free_port
 from tests.conftest import VERSIONS, RedisServer, Server, ServerFactory, version_of_id
 
 ADMIN = {"Authorization": "Bearer t0ken"}
@@ -203,18 +204,12 @@ def test_bad_bundles_are_refused_and_the_old_one_keeps_serving(
 def test_redis_down_at_start_serves_the_local_snapshot(
     store: Path, redis_prefix: str, server_factory: ServerFactory, tmp_path: Path
 ) -> None:
-    nowhere = RedisServer(port=_unused_port(), workdir=tmp_path)
+    nowhere = RedisServer(port=free_port(), workdir=tmp_path)
     server = start(server_factory, store, nowhere, redis_prefix)
     assert serving(server) == V1
     assert admin_status(server)["watcher"]["state"] == "disconnected"  # type: ignore[index]
     response = httpx.post(f"{server.url}/v1/retrieve", json={"features": FEATURES})
     assert response.status_code == 200
-
-
-def _unused_port() -> int:
-    from tests.conftest import free_port
-
-    return free_port()
 
 
 def test_redis_restart_and_missed_events_converge_through_the_key(
