@@ -73,7 +73,8 @@ def publish(
         published_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
     )
     if client is None:
-        _refuse_older(version, store.read_pointer(), force)
+        if not force:  # forcing also mends a CURRENT that no longer parses
+            _refuse_older(version, store.read_pointer(), force)
         store.write_pointer(pointer)
         store.record_published(pointer)
         return pointer

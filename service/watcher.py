@@ -8,6 +8,7 @@ of events costs at most the load in progress plus one more. A version that keeps
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Literal
@@ -108,7 +109,7 @@ class Watcher:
     async def run_follower(self) -> None:
         if self.client is None:
             while True:
-                self.offer(self.store.read_pointer(), "local")
+                self.offer(self._local_pointer(), "local")
                 await asyncio.sleep(self.poll_interval)
         # The local CURRENT is where a replica starts from when Redis has no pointer or cannot be reached.
         self.offer(self._local_pointer(), "local")
@@ -121,13 +122,12 @@ class Watcher:
                 # reconnects and meanwhile serving goes on from what it has.
                 if self.state == "connected":
                     self.reconnects += 1
+                    backoff = 0.1
                 self.state = "disconnected"
                 log.warning("redis_unavailable", error=str(e), retry_in=backoff)
                 self.offer(self._local_pointer(), "local fallback")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-            else:
-                backoff = 0.1
 
     async def _follow_redis(self) -> None:
         assert self.client is not None
@@ -140,7 +140,9 @@ class Watcher:
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.poll_interval)
                 if message is not None and message.get("type") == "message":
-                    self.offer(Pointer.model_validate_json(message["data"]), "event")
+                    # An event is a hint: one that does not parse only sends the replica to the key.
+                    with contextlib.suppress(ValidationError):
+                        self.offer(Pointer.model_validate_json(message["data"]), "event")
                     await self._read_key("event")
                 else:
                     await pubsub.ping()

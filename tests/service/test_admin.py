@@ -96,3 +96,11 @@ def test_a_second_reload_while_one_runs_gets_409(admin: TestClient) -> None:
             break
     assert 409 in codes
     assert set(codes) <= {200, 409}
+
+
+def test_a_garbled_current_file_is_survived(store: Path, admin: TestClient) -> None:
+    (store / "CURRENT").write_text("{not a pointer")
+    time.sleep(0.5)
+    assert serving(admin) == V1
+    publish(LocalStore(store), V2, force=True)
+    wait_serving(admin, V2)

@@ -326,3 +326,14 @@ def test_each_worker_follows_on_its_own_and_reports_to_the_fleet(
         if line.startswith('ebr_request_seconds_count{route="/v1/retrieve",status="200"}')
     )
     assert counted == sent  # both workers' requests, whichever worker answered the scrape
+
+
+def test_a_garbled_event_sends_the_replica_to_the_key_without_reconnecting(
+    store: Path, redis_server: RedisServer, redis_prefix: str, server_factory: ServerFactory
+) -> None:
+    server = start(server_factory, store, redis_server, redis_prefix, poll_interval_s="30")
+    client = redis_server.client()
+    client.set(current_key(redis_prefix), pointer_to(LocalStore(store), V2).model_dump_json())
+    client.publish(events_channel(redis_prefix), b"{garbled")
+    wait_for_version(server, V2, timeout=20)
+    assert admin_status(server)["watcher"]["reconnects"] == 0  # type: ignore[index]
