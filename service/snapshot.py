@@ -60,12 +60,17 @@ class Snapshot:
             members = [i for i, f in enumerate(fetches) if f == fetch]
             scores, rows = search(self.index, queries[members], fetch, self.params)
             ids = np.where(rows >= 0, self.bundle.candidate_ids[np.maximum(rows, 0)], -1)
-            for i, query_ids, query_scores in zip(members, ids, scores, strict=True):
-                keep = query_ids >= 0
-                if excludes[i]:
-                    excluded = np.fromiter(excludes[i], dtype=np.int64, count=len(excludes[i]))
-                    keep &= ~np.isin(query_ids, excluded)
-                out[i] = Hits(query_ids[keep][: ks[i]].tolist(), query_scores[keep][: ks[i]].tolist())
+            # Whole rows to Python lists in one call each: per-query numpy work costs more than the search.
+            id_lists: list[list[int]] = ids.tolist()
+            score_lists: list[list[float]] = scores.tolist()
+            complete: list[bool] = np.all(rows >= 0, axis=1).tolist()
+            for n, i in enumerate(members):
+                k = ks[i]
+                if not excludes[i] and complete[n]:
+                    out[i] = Hits(id_lists[n][:k], score_lists[n][:k])
+                    continue
+                keep = [j for j, c in enumerate(id_lists[n]) if c >= 0 and c not in excludes[i]][:k]
+                out[i] = Hits([id_lists[n][j] for j in keep], [score_lists[n][j] for j in keep])
         return [h for h in out if h is not None]
 
     def warm_up(self, requests: int = 16) -> None:
