@@ -43,16 +43,20 @@ def tower_inputs(
     history_length: int,
     id_dropout: float,
     rng: np.random.Generator,
+    history_dropout: float = 0.0,
 ) -> list[torch.Tensor]:
     """The user tower's inputs for `users` in spec order.
 
     The user id is replaced by the unknown bucket for an `id_dropout` share of rows, which trains that bucket
-    and teaches the tower to embed users it has never seen from their features and history alone.
+    and teaches the tower to embed users it has never seen from their features and history alone. A
+    `history_dropout` share of each sampled history is dropped, so the tower cannot lean on any one item.
     """
     inputs = []
     for field in data.feature_spec.fields:
         if field.name in data.history_fields:
             value = sampler.sample(users, history_length, exclude, rng)
+            if history_dropout:
+                value[rng.random(value.shape) < history_dropout] = -1
         elif field.name == USER_ID:
             assert field.vocab_size is not None
             value = np.where(rng.random(len(users)) < id_dropout, field.vocab_size, users)

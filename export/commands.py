@@ -16,7 +16,7 @@ def train_command(
     objective: Annotated[str, typer.Option(help="retrieval or ssmtl")] = "retrieval",
     seed: Annotated[int, typer.Option()] = 0,
     epochs: Annotated[int | None, typer.Option(help="default: the benchmark's set-up for the dataset")] = None,
-    dim: Annotated[int, typer.Option()] = 64,
+    dim: Annotated[int | None, typer.Option(help="default: the benchmark's set-up for the dataset")] = None,
     through_index: Annotated[bool, typer.Option(help="also evaluate through an IVF-PQ index")] = False,
 ) -> None:
     """Train the towers, export the user tower and candidate embeddings for `ebr build-index`, evaluate both."""
@@ -26,7 +26,8 @@ def train_command(
     from export.datasets import load
     from export.pipeline import run_export
 
-    config = dataclasses.replace(setup(dataset, objective, seed, epochs), dim=dim)
+    config = setup(dataset, objective, seed, epochs)
+    config = dataclasses.replace(config, dim=dim or config.dim)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"dataset": dataset, **dataclasses.asdict(config)}, indent=2))
     result = run_export(load(dataset), config, out / "export", through_index=through_index)

@@ -12,7 +12,7 @@ import onnxruntime as ort
 from export.evaluate import exact_scorer, index_scorer, rank
 from export.interactions import InteractionData, request_inputs
 from export.onnx_export import check_parity, export_user_tower
-from export.train import TrainConfig, Trained, candidate_embeddings, train
+from export.train import TrainConfig, Trained, candidate_embeddings, train, training_view
 from index import export_dir
 from index.export_dir import embed
 
@@ -41,6 +41,7 @@ def run_export(
     data: InteractionData, config: TrainConfig, out: Path, eval_k: int = 20, through_index: bool = False
 ) -> ExportResult:
     """Train, export and evaluate; with `through_index` the ranking is also measured through IVF-PQ search."""
+    data = training_view(data, config)
     trained = train(data, config)
     out.mkdir(parents=True, exist_ok=True)
     tower_path = out / export_dir.TOWER

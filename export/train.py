@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -11,9 +12,10 @@ import torch
 from torch import nn
 
 from export.batches import HistorySampler, feature_mask, neighbour_keep, tower_inputs
-from export.interactions import InteractionData, request_inputs
+from export.interactions import USER_ID, InteractionData, request_inputs
 from export.objectives import MaskedReconstruction, cca_ssg_loss, retrieval_loss
 from export.towers import Bag, TwoTower, UserTower
+from index.manifest import FeatureSpec
 from index.progress import track
 
 OBJECTIVES = ("retrieval", "ssmtl")
@@ -48,6 +50,9 @@ class TrainConfig:
     mae_rate: float = 0.3
     mae_alpha: float = 3.0
     ssl_rows: int = 512
+    user_id_rows: bool = True
+    history_dropout: float = 0.0
+    embedding_l2: float = 0.0
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -56,6 +61,17 @@ class TrainConfig:
     @property
     def self_supervised(self) -> bool:
         return self.objective == "ssmtl"
+
+
+def training_view(data: InteractionData, config: TrainConfig) -> InteractionData:
+    """The data as the tower sees it: without `user_id_rows` the user id field leaves the request spec, so the
+    tower embeds a user from the history alone (GraphSAGE-style, like LightGCN's propagated user embedding)
+    and has no free per-user row to memorise the train pairs with."""
+    if config.user_id_rows or data.candidates_are_users or data.feature_spec.field(USER_ID) is None:
+        return data
+    fields = tuple(f for f in data.feature_spec.fields if f.name != USER_ID)
+    spec = FeatureSpec(fields=fields, output=data.feature_spec.output)
+    return dataclasses.replace(data, feature_spec=spec)
 
 
 @dataclass
@@ -102,7 +118,16 @@ class Step:
 
     def _inputs(self, users: np.ndarray, exclude: np.ndarray) -> list[torch.Tensor]:
         config = self.config
-        return tower_inputs(self.data, users, self.sampler, exclude, config.history_length, config.id_dropout, self.rng)
+        return tower_inputs(
+            self.data,
+            users,
+            self.sampler,
+            exclude,
+            config.history_length,
+            config.id_dropout,
+            self.rng,
+            config.history_dropout,
+        )
 
     def loss(self, batch: np.ndarray) -> torch.Tensor:
         config, tower = self.config, self.model.user
@@ -127,6 +152,8 @@ class Step:
         loss = retrieval_loss(
             embedded, positive_embeddings, positive_ids, log_q, config.temperature, own_ids=own, **extra
         )
+        if config.embedding_l2:
+            loss = loss + config.embedding_l2 * self._l2(looked, positive_ids)
         if config.self_supervised:
             # The auxiliary tasks see the batch's first `ssl_rows` rows, a random sample: it bounds their cost
             # while keeping enough rows for CCA-SSG's per-dimension statistics.
@@ -136,6 +163,18 @@ class Step:
             mae = self._reconstruction([p[:rows] for p in parts])
             loss = loss + config.cca_weight * cca + config.mae_weight * mae
         return loss
+
+    def _l2(self, looked: list[torch.Tensor | Bag], positive_ids: torch.Tensor) -> torch.Tensor:
+        """LightGCN's L2 on the batch's embedding rows: the squared norms of the rows looked up for the users
+        (a bag's rows averaged) and of the positives' id rows, per pair."""
+        total = self.model.candidate_ids(positive_ids).pow(2).sum(-1).mean()
+        for part in looked:
+            if isinstance(part, Bag):
+                norms = (part.rows.pow(2).sum(-1) * part.valid).sum(1) / part.valid.sum(1).clamp(min=1.0)
+                total = total + norms.mean()
+            elif part.dtype.is_floating_point and part.dim() == 2 and part.shape[1] == self.config.dim:
+                total = total + part.pow(2).sum(-1).mean()
+        return total
 
     def _cca(self, looked: list[torch.Tensor | Bag]) -> torch.Tensor:
         """Two views of the minibatch's users, each with neighbours dropped and feature dimensions masked."""
@@ -156,6 +195,7 @@ class Step:
 
 
 def train(data: InteractionData, config: TrainConfig) -> Trained:
+    data = training_view(data, config)
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     model = TwoTower(data, config.dim)
@@ -196,6 +236,7 @@ def train(data: InteractionData, config: TrainConfig) -> Trained:
 @torch.no_grad()
 def candidate_embeddings(trained: Trained, data: InteractionData) -> np.ndarray:
     """Every candidate's embedding, as the index will hold it (friend graphs: each user's served embedding)."""
+    data = training_view(data, trained.config)
     model = trained.model
     requests = request_inputs(data, np.arange(data.num_users)) if model.candidate is None else {}
     chunks = []

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from export.evaluate import exact_scorer, rank
+from export.interactions import USER_ID
 from export.pipeline import run_export
 from export.synthetic import SyntheticConfig, generate
-from export.train import DivergedError, TrainConfig, train
+from export.train import DivergedError, TrainConfig, train, training_view
 from index import export_dir
 
 SMALL = SyntheticConfig(num_users=1200, num_candidates=3000, num_clusters=60, seed=3)
@@ -56,3 +58,15 @@ def test_the_same_seed_trains_the_same_tower(data) -> None:  # type: ignore[no-u
     config = TrainConfig(epochs=1, dim=16, seed=5, objective="ssmtl")
     first, second = train(data, config), train(data, config)
     assert first.epoch_losses == second.epoch_losses
+
+
+def test_without_user_id_rows_the_tower_embeds_users_from_their_history_alone(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config = TrainConfig(epochs=2, dim=16, user_id_rows=False, history_dropout=0.2, embedding_l2=1e-4)
+    view = training_view(data, config)
+    assert view.feature_spec.field(USER_ID) is None and data.feature_spec.field(USER_ID) is not None
+    result = run_export(data, config, tmp_path)
+    assert "user_id" not in result.trained.user_tower.encoder.tables
+    spec = json.loads((tmp_path / export_dir.SPEC).read_text())
+    assert USER_ID not in [f["name"] for f in spec["fields"]]
+    assert result.metrics["onnx_parity"] <= 1e-5
+    assert result.metrics["recall@20"] > popularity_recall(data)
