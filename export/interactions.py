@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from index.manifest import FeatureSpec
+from index.manifest import FeatureField, FeatureSpec
 
 USER_ID = "user_id"
 
@@ -119,3 +119,10 @@ def request_inputs(data: InteractionData, users: np.ndarray) -> dict[str, np.nda
         else:
             out[spec_field.name] = data.user_features[spec_field.name][users]
     return out
+
+
+def bag_field(name: str, vocab_size: int, max_length: int) -> FeatureField:
+    """An optional bag of ids: a user's history or friends, or a sparse multi-hot feature such as artists."""
+    return FeatureField(
+        name=name, kind="sequence", dtype="int64", vocab_size=vocab_size, max_length=max_length, optional=True
+    )

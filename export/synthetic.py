@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from export.interactions import USER_ID, InteractionData, split_per_user
+from export.interactions import USER_ID, InteractionData, bag_field, split_per_user
 from index.manifest import FeatureField, FeatureSpec
 
 __all__ = ["InteractionData", "SyntheticConfig", "feature_spec", "generate"]
@@ -35,14 +35,7 @@ def feature_spec(config: SyntheticConfig) -> FeatureSpec:
             FeatureField(name=USER_ID, kind="categorical", dtype="int64", vocab_size=config.num_users, optional=True),
             FeatureField(name="region", kind="categorical", dtype="int64", vocab_size=config.num_regions),
             FeatureField(name="activity", kind="numeric", dtype="float32", optional=True, default=0.0),
-            FeatureField(
-                name="history",
-                kind="sequence",
-                dtype="int64",
-                vocab_size=config.num_candidates,
-                max_length=config.max_history,
-                optional=True,
-            ),
+            bag_field("history", config.num_candidates, config.max_history),
         )
     )
 

@@ -60,6 +60,13 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def rename_into_place(staging: Path, final: Path) -> None:
+    """Make a fully written staging directory the bundle: its entries durable first, then the name."""
+    fsync_path(staging)
+    staging.rename(final)
+    fsync_path(final.parent)
+
+
 def write_bundle(
     store_root: Path,
     version: str,
@@ -106,9 +113,7 @@ def write_bundle(
         manifest_path = staging / MANIFEST_NAME
         manifest_path.write_text(manifest.model_dump_json(indent=2))
         fsync_path(manifest_path)
-        fsync_path(staging)
-        staging.rename(final)
-        fsync_path(store_root)
+        rename_into_place(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -159,7 +159,10 @@ def _object_store(url: str, endpoint_url: str | None) -> ObjectStore:
     return ObjectStore(url, options)
 
 
-def _group(app: typer.Typer, name: str, help_text: str) -> typer.Typer:
+BENCH_HELP = "Benchmarks: each prints its figures and the command that reproduces them."
+
+
+def command_group(app: typer.Typer, name: str, help_text: str) -> typer.Typer:
     """The app's sub-command group `name`, made here unless another stage registered it already."""
     for group in app.registered_groups:
         if group.name == name and group.typer_instance is not None:
@@ -172,9 +175,9 @@ def _group(app: typer.Typer, name: str, help_text: str) -> typer.Typer:
 def register(app: typer.Typer) -> None:
     app.command("build-index")(build_index_command)
     app.command("publish")(publish_command)
-    store = _group(app, "store", "The snapshot store: retention, upload to and fetch from object storage.")
+    store = command_group(app, "store", "The snapshot store: retention, upload to and fetch from object storage.")
     store.command("gc")(gc_command)
     store.command("push")(push_command)
     store.command("pull")(pull_command)
-    bench = _group(app, "bench", "Benchmarks: each prints its figures and the command that reproduces them.")
+    bench = command_group(app, "bench", BENCH_HELP)
     bench.command("index")(bench_index_command)

@@ -16,7 +16,7 @@ from typing import Any
 
 import fsspec
 
-from index.bundle import SnapshotError, check_file_names, fsync_path, parse_manifest, verify_files
+from index.bundle import SnapshotError, check_file_names, fsync_path, parse_manifest, rename_into_place, verify_files
 from index.manifest import MANIFEST_NAME
 from index.store import DELETING_PREFIX, STAGING_PREFIX
 from index.versions import check_version, version_key
@@ -101,10 +101,9 @@ class ObjectStore:
                     raise SnapshotError(f"{where}: {name} is missing") from None
             (staging / MANIFEST_NAME).write_bytes(raw)
             verify_files(staging)
-            for path in [*staging.iterdir(), staging]:
+            for path in staging.iterdir():
                 fsync_path(path)
-            staging.rename(final)
-            fsync_path(cache)
+            rename_into_place(staging, final)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -12,6 +12,7 @@ import typer
 import uvicorn
 
 from index.bundle import SnapshotError, read_manifest
+from index.commands import BENCH_HELP, command_group
 from index.store import LocalStore
 from service.bench_serve import bench_serve_command
 from service.bench_swap import bench_swap_command
@@ -65,18 +66,8 @@ def multiprocess_metrics(workers: int) -> Iterator[None]:
             del os.environ[MULTIPROCESS_DIR]
 
 
-def bench_group(app: typer.Typer) -> typer.Typer:
-    """`ebr bench`, which every stage's benchmarks join: made by whichever registers first."""
-    for group in app.registered_groups:
-        if group.name == "bench" and group.typer_instance is not None:
-            return group.typer_instance
-    bench = typer.Typer(help="Benchmarks: each prints its figures and the command that reproduces them.")
-    app.add_typer(bench, name="bench")
-    return bench
-
-
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve_command)
-    bench = bench_group(app)
+    bench = command_group(app, "bench", BENCH_HELP)
     bench.command("serve")(bench_serve_command)
     bench.command("swap")(bench_swap_command)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from export.datasets.parsing import DatasetError, ints, lines, load_json
-from export.interactions import USER_ID, InteractionData, padded_bags, split_edges
+from export.interactions import USER_ID, InteractionData, bag_field, padded_bags, split_edges
 from index.manifest import FeatureField, FeatureSpec
 
 TEST_SHARE = 0.2
@@ -50,14 +50,7 @@ def friend_data(
         fields=(
             FeatureField(name=USER_ID, kind="categorical", dtype="int64", vocab_size=num_nodes, optional=True),
             *feature_fields,
-            FeatureField(
-                name="friends",
-                kind="sequence",
-                dtype="int64",
-                vocab_size=num_nodes,
-                max_length=max_friends,
-                optional=True,
-            ),
+            bag_field("friends", num_nodes, max_friends),
         )
     )
     return InteractionData(
@@ -141,16 +134,7 @@ def load_lastfm(root: Path, top_artists: int = 50) -> InteractionData:
         bag = bags[listener[row]]
         if len(bag) < top_artists:
             bag.append(int(artist[row]))
-    fields = (
-        FeatureField(
-            name="artists",
-            kind="sequence",
-            dtype="int64",
-            vocab_size=len(artists),
-            max_length=top_artists,
-            optional=True,
-        ),
-    )
+    fields = (bag_field("artists", len(artists), top_artists),)
     return friend_data(root.name, edges, len(users), {"artists": padded_bags(bags)}, fields)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from export.datasets.parsing import DatasetError, ints, lines
-from export.interactions import USER_ID, InteractionData
+from export.interactions import USER_ID, InteractionData, bag_field
 from index.manifest import FeatureField, FeatureSpec
 
 
@@ -33,14 +33,7 @@ def load_lightgcn(root: Path, name: str | None = None, max_history: int = 256) -
     spec = FeatureSpec(
         fields=(
             FeatureField(name=USER_ID, kind="categorical", dtype="int64", vocab_size=num_users, optional=True),
-            FeatureField(
-                name="history",
-                kind="sequence",
-                dtype="int64",
-                vocab_size=num_items,
-                max_length=max_history,
-                optional=True,
-            ),
+            bag_field("history", num_items, max_history),
         )
     )
     return InteractionData(

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from export.datasets.parsing import DatasetError, ints, lines
-from export.interactions import USER_ID, InteractionData, padded_bags
+from export.interactions import USER_ID, InteractionData, bag_field, padded_bags
 from index.manifest import FeatureField, FeatureSpec
 
 AGE_EDGES = (18, 25, 35, 45, 50, 56)
@@ -90,14 +90,7 @@ def load_movielens(root: Path, fold: str = "1", max_history: int = 256) -> Inter
             FeatureField(name="gender", kind="categorical", dtype="int64", vocab_size=2),
             FeatureField(name="occupation", kind="categorical", dtype="int64", vocab_size=len(occupations)),
             FeatureField(name="zip_region", kind="categorical", dtype="int64", vocab_size=11, optional=True),
-            FeatureField(
-                name="history",
-                kind="sequence",
-                dtype="int64",
-                vocab_size=num_items,
-                max_length=max_history,
-                optional=True,
-            ),
+            bag_field("history", num_items, max_history),
         )
     )
     candidate_spec = FeatureSpec(
