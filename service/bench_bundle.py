@@ -69,7 +69,7 @@ def write_synthetic_export(root: Path, candidates: int, queries: int = 1000, see
     (root / SPEC).write_text(spec.model_dump_json(indent=2))
     (root / PROVENANCE).write_text(json.dumps({"dataset": f"synthetic-{candidates}", "objective": "none"}))
     held_out = [random_features(spec, rng) for _ in range(queries)]
-    np.savez(root / QUERIES, **encode_batch(spec, held_out).inputs)  # type: ignore[arg-type]
+    np.savez(root / QUERIES, **encode_batch(spec, held_out))  # type: ignore[arg-type]
     return root
 
 

@@ -52,7 +52,7 @@ def reference_app(bundle_path: Path, threads: int) -> FastAPI:
             features = validate_features(spec, body.features)
         except FeatureError as e:
             raise HTTPException(422, [{"loc": list(e.loc), "msg": e.message, "type": e.kind}]) from None
-        query = bundle.session.run([spec.output], encode_batch(spec, [features]).inputs)[0]
+        query = bundle.session.run([spec.output], encode_batch(spec, [features]))[0]
         fetch = min(manifest.num_candidates, body.k + len(body.exclude_ids))
         scores, rows = search(bundle.index, query, fetch, params)
         ids = bundle.candidate_ids[rows[0][rows[0] >= 0]]

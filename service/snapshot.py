@@ -43,8 +43,8 @@ class Snapshot:
         return self.bundle.manifest
 
     def embed(self, requests: list[Encoded]) -> np.ndarray:
-        batch = encode_batch(self.manifest.feature_spec, requests)
-        output = self.bundle.session.run([self.manifest.feature_spec.output], batch.inputs)[0]
+        inputs = encode_batch(self.manifest.feature_spec, requests)
+        output = self.bundle.session.run([self.manifest.feature_spec.output], inputs)[0]
         return np.asarray(output, dtype=np.float32)
 
     def search(self, queries: np.ndarray, ks: list[int], excludes: list[frozenset[int]]) -> list[Hits]:

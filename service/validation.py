@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -82,13 +81,7 @@ def _id(field: FeatureField, value: object, loc: tuple[str | int, ...]) -> int:
     return value
 
 
-@dataclass(frozen=True)
-class EncodedBatch:
-    inputs: dict[str, np.ndarray]
-    size: int
-
-
-def encode_batch(spec: FeatureSpec, requests: Sequence[Encoded]) -> EncodedBatch:
+def encode_batch(spec: FeatureSpec, requests: Sequence[Encoded]) -> dict[str, np.ndarray]:
     """Tower inputs for many validated requests; sequences padded with -1 to the longest (at least 1)."""
     inputs: dict[str, np.ndarray] = {}
     for field in spec.fields:
@@ -101,4 +94,4 @@ def encode_batch(spec: FeatureSpec, requests: Sequence[Encoded]) -> EncodedBatch
             inputs[field.name] = matrix
         else:
             inputs[field.name] = np.asarray(values, dtype=field.dtype)
-    return EncodedBatch(inputs, len(requests))
+    return inputs

@@ -56,12 +56,12 @@ def test_integral_floats_count_as_ids_as_json_schema_says() -> None:
 
 def test_batches_pad_sequences_to_the_longest_and_keep_dtypes() -> None:
     requests = [validate_features(SPEC, {"region": 1, "history": [4, 5]}), validate_features(SPEC, {"region": 2})]
-    batch = encode_batch(SPEC, requests)
-    assert batch.inputs["history"].tolist() == [[4, 5], [-1, -1]]
-    assert batch.inputs["region"].dtype.name == "int64"
-    assert batch.inputs["activity"].dtype.name == "float32"
+    inputs = encode_batch(SPEC, requests)
+    assert inputs["history"].tolist() == [[4, 5], [-1, -1]]
+    assert inputs["region"].dtype.name == "int64"
+    assert inputs["activity"].dtype.name == "float32"
 
 
 def test_a_batch_of_empty_histories_still_has_one_column() -> None:
-    batch = encode_batch(SPEC, [validate_features(SPEC, {"region": 1})])
-    assert batch.inputs["history"].shape == (1, 1)
+    inputs = encode_batch(SPEC, [validate_features(SPEC, {"region": 1})])
+    assert inputs["history"].shape == (1, 1)
