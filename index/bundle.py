@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -44,11 +45,17 @@ class Golden:
     exact_rows: np.ndarray
 
 
-def sha256_of(path: Path) -> str:
+def no_pacing() -> None:
+    return None
+
+
+def sha256_of(path: Path, pace: Callable[[], None] = no_pacing) -> str:
+    """`pace` runs after every MiB, so a caller can spread the hashing of a big file over time."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+            pace()
     return digest.hexdigest()
 
 
@@ -157,7 +164,7 @@ def check_file_names(bundle: Path | str, manifest: Manifest) -> None:
         raise SnapshotError(f"{bundle}: manifest lists no {', '.join(missing)}")
 
 
-def verify_files(bundle: Path) -> Manifest:
+def verify_files(bundle: Path, pace: Callable[[], None] = no_pacing) -> Manifest:
     """Check the manifest and every file's presence, size and sha256, without parsing any of them."""
     manifest = read_manifest(bundle)
     check_file_names(bundle, manifest)
@@ -174,7 +181,7 @@ def verify_files(bundle: Path) -> Manifest:
         size = path.stat().st_size
         if size != entry.size:
             raise SnapshotError(f"{bundle}: {name} is {size} bytes, manifest says {entry.size}")
-        if sha256_of(path) != entry.sha256:
+        if sha256_of(path, pace) != entry.sha256:
             raise SnapshotError(f"{bundle}: {name} fails its sha256 check")
     return manifest
 
@@ -198,9 +205,10 @@ def open_bundle(
     providers: list[str] | None = None,
     threads: int = 1,
     mmap_index: bool = False,
+    pace: Callable[[], None] = no_pacing,
 ) -> OpenBundle:
     """Verify the files, then parse them and check that tower, index and ids agree with the manifest."""
-    manifest = verify_files(bundle)
+    manifest = verify_files(bundle, pace)
     try:
         ids = np.load(bundle / IDS_NAME, allow_pickle=False)
     except (ValueError, OSError) as e:

@@ -239,6 +239,7 @@ def create_app(settings: Settings) -> ASGIApp:
             memory_limit_bytes=settings.memory_limit_bytes,
             unload_first_when_tight=settings.unload_first_when_tight,
             mmap_index=settings.mmap_index,
+            load_cpu_share=settings.load_cpu_share,
             storage_options={"client_kwargs": {"endpoint_url": settings.s3_endpoint_url}}
             if settings.s3_endpoint_url
             else None,

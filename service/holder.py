@@ -7,9 +7,6 @@ started with; the old snapshot is freed when the last such request lets go of it
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,18 +29,21 @@ from service.snapshot import Snapshot, load_snapshot
 log = structlog.get_logger(__name__)
 
 
-LOADER_NICENESS = 10
+class Pacer:
+    """Holds the calling thread to `share` of one core: after each step it sleeps in proportion to the CPU time
+    the step took. A swap's verification and checks then take a small, steady share of the CPU beside the
+    serving threads. Lowering the loader's nice value does not do this: a niced thread preempted while it holds
+    the GIL stalls the event loop until the scheduler runs it again (it doubled p99 during swaps)."""
 
+    def __init__(self, share: float) -> None:
+        self.share = share
+        self._mark = time.thread_time()
 
-def _run_below_serving(threads: int) -> None:
-    """Loading, verifying and warming a snapshot must not take CPU from requests: this thread yields to them.
-
-    Linux keeps a nice value per thread, so this lowers only the loader (and threads it starts). OpenMP's
-    thread count is per calling thread too, so it is set here, where the loader's searches run.
-    """
-    faiss.omp_set_num_threads(threads)
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOADER_NICENESS)
+    def __call__(self) -> None:
+        used = time.thread_time() - self._mark
+        if self.share < 1 and used > 0:
+            time.sleep(used * (1 - self.share) / self.share)
+        self._mark = time.thread_time()
 
 
 class LoadInProgressError(Exception):
@@ -74,6 +74,7 @@ class SnapshotHolder:
         unload_first_when_tight: bool = False,
         mmap_index: bool = False,
         storage_options: dict[str, Any] | None = None,
+        load_cpu_share: float = 1.0,
     ) -> None:
         self.store = store
         self.placement = placement
@@ -85,6 +86,7 @@ class SnapshotHolder:
         self.unload_first_when_tight = unload_first_when_tight
         self.mmap_index = mmap_index
         self.storage_options = storage_options
+        self.load_cpu_share = load_cpu_share
         self.current: Snapshot | None = None
         self.previous_version: str | None = None
         self.loading: str | None = None
@@ -92,8 +94,9 @@ class SnapshotHolder:
         self._last_serving: str | None = None
         self._last_serving_path: Path | None = None
         self._lock = asyncio.Lock()
+        # OpenMP's thread count is per calling thread: it is set in the loader, where the gate's searches run.
         self._loader = ThreadPoolExecutor(
-            1, thread_name_prefix="ebr-load", initializer=_run_below_serving, initargs=(threads,)
+            1, thread_name_prefix="ebr-load", initializer=faiss.omp_set_num_threads, initargs=(threads,)
         )
 
     @property
@@ -193,12 +196,13 @@ class SnapshotHolder:
     def _prepare(self, path: Path, expected_manifest: str | None = None) -> Snapshot:
         if expected_manifest is not None and manifest_sha256(path) != expected_manifest:
             raise SnapshotError(f"{path}: manifest is not the one the pointer published (sha256 differs)")
-        snapshot = load_snapshot(path, self.placement, self.threads, self.mmap_index)
+        pace = Pacer(self.load_cpu_share)
+        snapshot = load_snapshot(path, self.placement, self.threads, self.mmap_index, pace)
         # The golden queries warm tower and index up as they check them; without them, made-up requests do.
-        if not snapshot.run_quality_gate(self.gate_recall):
+        if not snapshot.run_quality_gate(self.gate_recall, pace):
             snapshot.warm_up()
         serving = self.current
-        overlap = snapshot.golden_overlap(serving) if serving is not None else None
+        overlap = snapshot.golden_overlap(serving, pace) if serving is not None else None
         if overlap is not None:
             snapshot.gate["overlap_with_serving"] = round(overlap, 4)
         return snapshot

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
         False, description="when old and new cannot both fit: unload first, not ready in the gap, instead of refusing"
     )
     mmap_index: bool = Field(True, description="map the index's stored codes so workers share their pages")
+    load_cpu_share: float = Field(
+        0.25, gt=0, le=1, description="share of one core a snapshot's verification and checks take beside serving"
+    )
     drain_seconds: float = Field(0.0, ge=0, description="after SIGTERM: not ready, but still serving, this long")
     recall_sample_rate: float = Field(
         0.001, ge=0, le=1, description="share of live queries re-run exhaustively for the online recall gauge"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from index.bundle import OpenBundle, open_bundle
+from index.bundle import OpenBundle, no_pacing, open_bundle
 from index.manifest import Manifest
 from index.search import recall_at_k, search, search_parameters
 from service.devices import Placement
@@ -80,13 +81,13 @@ class Snapshot:
         made_up = [validate_features(spec, random_features(spec, rng)) for _ in range(requests)]
         self.search(self.embed(made_up), [10] * requests, [frozenset()] * requests)
 
-    def run_quality_gate(self, threshold: float) -> dict[str, float]:
+    def run_quality_gate(self, threshold: float, pace: Callable[[], None] = no_pacing) -> dict[str, float]:
         """Golden queries through tower and index must reach `threshold` recall@K of their exact answers."""
         golden = self.bundle.golden
         if golden is None:
             return {}
         k = golden.exact_rows.shape[1]
-        recall = recall_at_k(self._golden_rows(golden.inputs, k), golden.exact_rows)
+        recall = recall_at_k(self._golden_rows(golden.inputs, k, pace), golden.exact_rows)
         self.gate = {"golden_recall": round(recall, 4), "golden_queries": float(len(golden.exact_rows))}
         if recall < threshold:
             raise QualityGateError(
@@ -94,7 +95,7 @@ class Snapshot:
             )
         return self.gate
 
-    def golden_overlap(self, other: Snapshot) -> float | None:
+    def golden_overlap(self, other: Snapshot, pace: Callable[[], None] = no_pacing) -> float | None:
         """Share of this snapshot's golden answers that `other` gives too, for the same golden requests."""
         golden = self.bundle.golden
         if golden is None or other.manifest.feature_spec != self.manifest.feature_spec:
@@ -102,23 +103,33 @@ class Snapshot:
         k = golden.exact_rows.shape[1]
         # A sample is enough for a report, and `other` is serving: keep its extra work small.
         inputs = {name: value[:OVERLAP_QUERIES] for name, value in golden.inputs.items()}
-        ours, theirs = (s.bundle.candidate_ids[np.maximum(s._golden_rows(inputs, k), 0)] for s in (self, other))
+        ours, theirs = (s.bundle.candidate_ids[np.maximum(s._golden_rows(inputs, k, pace), 0)] for s in (self, other))
         return recall_at_k(theirs, ours)
 
-    def _golden_rows(self, inputs: dict[str, np.ndarray], k: int) -> np.ndarray:
-        queries = self.bundle.session.run([self.manifest.feature_spec.output], inputs)[0]
-        return np.asarray(search(self.index, queries, k, self.params)[1])
+    def _golden_rows(self, inputs: dict[str, np.ndarray], k: int, pace: Callable[[], None]) -> np.ndarray:
+        """Tower and index over the golden requests, a few at a time with `pace` between, so that a snapshot
+        checked beside the serving one takes the CPU in short turns."""
+        rows = []
+        for start in range(0, len(next(iter(inputs.values()))), GOLDEN_CHUNK):
+            chunk = {name: value[start : start + GOLDEN_CHUNK] for name, value in inputs.items()}
+            queries = self.bundle.session.run([self.manifest.feature_spec.output], chunk)[0]
+            rows.append(np.asarray(search(self.index, queries, k, self.params)[1]))
+            pace()
+        return np.concatenate(rows)
 
 
 OVERLAP_QUERIES = 64
+GOLDEN_CHUNK = 32
 
 
 def _bucket(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def load_snapshot(path: Path, placement: Placement, threads: int, mmap_index: bool = False) -> Snapshot:
-    bundle = open_bundle(path, placement.onnx_providers, threads, mmap_index=mmap_index)
+def load_snapshot(
+    path: Path, placement: Placement, threads: int, mmap_index: bool = False, pace: Callable[[], None] = no_pacing
+) -> Snapshot:
+    bundle = open_bundle(path, placement.onnx_providers, threads, mmap_index=mmap_index, pace=pace)
     params = search_parameters(bundle.index, bundle.manifest.search_defaults)
     index, params = placement.place_index(bundle.index, params)
     return Snapshot(bundle, placement, index, params)

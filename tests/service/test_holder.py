@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import time
 import weakref
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from index.bundle import manifest_sha256
 from index.manifest import INDEX_NAME
 from index.store import LocalStore
 from service.devices import choose_placement
-from service.holder import LoadFailedError, LoadInProgressError, SnapshotHolder
+from service.holder import LoadFailedError, LoadInProgressError, Pacer, SnapshotHolder
 from service.memory import available_bytes, gpu_free_bytes
 from service.metrics import Metrics
 from tests.conftest import VERSIONS
@@ -180,5 +181,32 @@ def test_a_bundle_without_golden_queries_is_warmed_with_made_up_requests(store: 
         holder = holder_for(store)
         await holder.load(V2)
         assert holder.current is not None and holder.current.gate == {}
+
+    asyncio.run(scenario())
+
+
+def test_the_pacer_sleeps_in_proportion_to_the_cpu_the_step_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr("service.holder.time.sleep", slept.append)
+    pace = Pacer(0.25)
+    started = time.thread_time()
+    while time.thread_time() - started < 0.02:
+        pass
+    used = time.thread_time() - started
+    pace()
+    # A quarter of a core: three seconds asleep for each second of CPU.
+    assert slept and 2.5 * used <= slept[0] <= 3.5 * used + 0.01
+    Pacer(1.0)()
+    assert len(slept) == 1
+
+
+def test_a_paced_load_verifies_checks_and_serves_like_a_full_speed_one(store: Path) -> None:
+    async def scenario() -> None:
+        paced, full = holder_for(store, load_cpu_share=0.5), holder_for(store)
+        await paced.load(V1)
+        await full.load(V1)
+        assert paced.current is not None and full.current is not None
+        assert paced.current.gate == full.current.gate
+        assert paced.current.gate["golden_recall"] >= 0.8
 
     asyncio.run(scenario())
