@@ -254,6 +254,7 @@ def create_app(settings: Settings) -> ASGIApp:
             metrics,
             monitor,
             settings.threads,
+            settings.compute_on_loop,
         )
         runtime = Runtime(settings, metrics, placement, holder, batcher, watcher)
         app.state.runtime = runtime

@@ -64,15 +64,30 @@ class Batcher:
         metrics: Metrics,
         monitor: RecallMonitor | None = None,
         threads: int = 1,
+        on_loop: bool = False,
     ) -> None:
+        """With `on_loop`, tower and search run on the event loop's own thread; otherwise on a compute thread.
+
+        On the loop, a batch costs no hand-over between threads and no GIL contention with the loop, which is
+        faster when a host has about one core per worker; the loop then parses nothing while a batch runs, and
+        requests that arrive meanwhile wait in their sockets and form the next batch.
+        """
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.metrics = metrics
         self.monitor = monitor
+        self.threads = threads
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
-        self.executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="ebr-compute", initializer=faiss.omp_set_num_threads, initargs=(threads,)
+        self.executor = (
+            None
+            if on_loop
+            else ThreadPoolExecutor(
+                max_workers=1,
+                thread_name_prefix="ebr-compute",
+                initializer=faiss.omp_set_num_threads,
+                initargs=(threads,),
+            )
         )
 
     async def submit(
@@ -94,6 +109,8 @@ class Batcher:
             raise DeadlineExceededError(f"not answered within {timeout_s * 1000:.0f} ms") from None
 
     async def run(self) -> None:
+        if self.executor is None:
+            faiss.omp_set_num_threads(self.threads)  # per calling thread: here, the loop's
         while True:
             batch = await self._collect()
             now = time.monotonic()
@@ -123,7 +140,10 @@ class Batcher:
         loop = asyncio.get_running_loop()
         self.metrics.batch_size.observe(len(jobs))
         try:
-            hits, queries, timings = await loop.run_in_executor(self.executor, _retrieve, jobs)
+            if self.executor is None:
+                hits, queries, timings = _retrieve(jobs)
+            else:
+                hits, queries, timings = await loop.run_in_executor(self.executor, _retrieve, jobs)
         except Exception as e:
             for job in jobs:
                 if not job.future.done():
@@ -139,7 +159,8 @@ class Batcher:
                 job.future.set_result(Answer(result, timings, len(jobs)))
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _retrieve(jobs: list[Job]) -> tuple[list[Hits], np.ndarray, Timings]:

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(
         0.0, ge=0, description="how long a batch waits to fill; 0: requests that arrive during a batch form the next"
     )
+    compute_on_loop: bool = Field(
+        True, description="run tower and search on the event loop's thread (about a core per worker), not a thread"
+    )
     max_queue: int = Field(2048, ge=1, description="queued requests beyond this get a fast 429")
     request_timeout_ms: float = Field(2000, gt=0, description="a request not done by then gets 503")
     poll_interval_s: float = Field(5.0, gt=0, description="slow timer: re-read the pointer this often")

@@ -51,11 +51,13 @@ class Snapshot:
     def search(self, queries: np.ndarray, ks: list[int], excludes: list[frozenset[int]]) -> list[Hits]:
         """Top-k per query with its excluded ids removed, over-fetching so a full k remains when it can.
 
-        Queries are searched in groups by fetch size rounded up to a power of two: one FAISS call per group,
-        and a request's answer depends only on its own k and exclusions, never on what it was batched with.
+        Queries are searched in groups by fetch size, one FAISS call per group: exactly k without exclusions
+        (the common case, and no wasted work), else k plus the exclusions rounded up to a power of two, which
+        keeps the groups few. A request's answer depends only on its own k and exclusions, never on what it
+        was batched with.
         """
         total = self.manifest.num_candidates
-        fetches = [min(total, _bucket(k + len(e))) for k, e in zip(ks, excludes, strict=True)]
+        fetches = [min(total, _bucket(k + len(e)) if e else k) for k, e in zip(ks, excludes, strict=True)]
         out: list[Hits | None] = [None] * len(ks)
         for fetch in sorted(set(fetches)):
             members = [i for i, f in enumerate(fetches) if f == fetch]

@@ -32,13 +32,14 @@ def batch_count(metrics: Metrics) -> float:
     return float(metrics.registry.get_sample_value("ebr_batch_size_count") or 0.0)
 
 
-def test_concurrent_requests_share_batches_and_get_their_own_answers(snapshot: Snapshot) -> None:
+@pytest.mark.parametrize("on_loop", [False, True], ids=["compute-thread", "on-loop"])
+def test_concurrent_requests_share_batches_and_get_their_own_answers(snapshot: Snapshot, on_loop: bool) -> None:
     features = requests_for(snapshot, 48)
     ks = [5 + i % 20 for i in range(48)]
     excludes = [frozenset(range(i)) for i in range(48)]
 
     async def scenario(metrics: Metrics, together: bool) -> list[Hits]:
-        batcher = Batcher(max_batch=16, max_wait_s=0.002, max_queue=100, metrics=metrics)
+        batcher = Batcher(max_batch=16, max_wait_s=0.002, max_queue=100, metrics=metrics, on_loop=on_loop)
         runner = asyncio.create_task(batcher.run())
         calls = [batcher.submit(snapshot, f, k, e, 10.0) for f, k, e in zip(features, ks, excludes, strict=True)]
         try:
