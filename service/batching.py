@@ -100,13 +100,18 @@ class Batcher:
         job = Job(snapshot, features, k, exclude, time.monotonic() + timeout_s, loop.create_future())
         self.queue.put_nowait(job)
         self.metrics.queue_depth.set(self.queue.qsize())
+        # One timer per request that fails its future at the deadline (the batcher skips done jobs): about
+        # 0.6 µs against 3 µs for `asyncio.timeout` under uvloop, which showed in profiles of the hot path.
+        expiry = loop.call_later(timeout_s, self._expire, job.future, timeout_s)
         try:
-            # On timeout the job's future is cancelled, and the batcher skips cancelled jobs.
-            async with asyncio.timeout(timeout_s):
-                return await job.future
-        except TimeoutError:
+            return await job.future
+        finally:
+            expiry.cancel()
+
+    def _expire(self, future: asyncio.Future[Answer], timeout_s: float) -> None:
+        if not future.done():
             self.metrics.rejected.labels(reason="deadline").inc()
-            raise DeadlineExceededError(f"not answered within {timeout_s * 1000:.0f} ms") from None
+            future.set_exception(DeadlineExceededError(f"not answered within {timeout_s * 1000:.0f} ms"))
 
     async def run(self) -> None:
         if self.executor is None:
