@@ -11,7 +11,7 @@ import typer
 from index.build import Device
 from index.bundle import SnapshotError, read_manifest
 from index.export_dir import read_export
-from index.publish import DEFAULT_PREFIX, PublishError, publish
+from index.publish import DEFAULT_PREFIX, REPLICA_STALE_AFTER_S, PublishError, publish
 from index.retention import collect_garbage, protected_versions
 from index.snapshot import build_snapshot
 from index.store import LocalStore
@@ -85,11 +85,14 @@ def gc_command(
     remote: RemoteOption = None,
     endpoint_url: EndpointOption = None,
     staging_age: Annotated[float, typer.Option(help="seconds before an abandoned staging area is removed")] = 3600.0,
+    replica_stale_after: Annotated[
+        float, typer.Option(help="seconds without a report after which a replica's version is not protected")
+    ] = REPLICA_STALE_AFTER_S,
 ) -> None:
-    """Delete old versions (never the serving, previous, pinned or any replica's) and stale staging areas."""
+    """Delete old versions (never the serving, previous, pinned or a live replica's) and stale staging areas."""
     client = redis.Redis.from_url(redis_url) if redis_url else None
     local = LocalStore(store)
-    protected = protected_versions(local, client, prefix, pin or ())
+    protected = protected_versions(local, client, prefix, pin or (), replica_stale_after)
     target = _object_store(remote, endpoint_url) if remote else local
     collected = collect_garbage(target, keep, protected, staging_age)
     typer.echo(

@@ -30,6 +30,19 @@ def replicas_key(prefix: str) -> str:
     return f"{prefix}:replicas"
 
 
+REPLICA_STALE_AFTER_S = 600.0
+
+
+def replica_is_live(report: dict[str, object], now: float, stale_after_s: float = REPLICA_STALE_AFTER_S) -> bool:
+    """A replica's entry in the replicas hash still stands for a running replica: it has not said it stopped,
+    and it reported within `stale_after_s` (replicas report on every slow-timer tick). An entry without a
+    readable time counts as live: wrongly keeping a version costs disk, wrongly dropping one costs a replica."""
+    if report.get("state") == "stopped":
+        return False
+    updated = report.get("updated_at")
+    return not isinstance(updated, int | float) or now - updated <= stale_after_s
+
+
 class PublishError(Exception):
     pass
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 import redis
 
-from index.publish import read_redis_pointer, replicas_key
+from index.publish import REPLICA_STALE_AFTER_S, read_redis_pointer, replica_is_live, replicas_key
 from index.store import LocalStore
 
 
@@ -27,20 +28,31 @@ class Collected:
 
 
 def protected_versions(
-    store: LocalStore, client: redis.Redis | None, prefix: str, pinned: Iterable[str] = ()
+    store: LocalStore,
+    client: redis.Redis | None,
+    prefix: str,
+    pinned: Iterable[str] = (),
+    replica_stale_after_s: float = REPLICA_STALE_AFTER_S,
 ) -> set[str]:
     """The serving version (local CURRENT and the Redis key), the one published before it (a rollback's
-    target), every version a replica reports holding, and the pinned ones."""
+    target), every version a live replica reports holding, and the pinned ones. A replica that stopped, or
+    has not reported for `replica_stale_after_s`, protects nothing: it would otherwise keep its version
+    forever."""
     protected = set(pinned)
     serving = [store.read_pointer()]
     if client is not None:
         serving.append(read_redis_pointer(client, prefix))
+        now = time.time()
         for raw in client.hvals(replicas_key(prefix)):
             try:
                 state = json.loads(raw)
             except ValueError:
                 continue
-            if isinstance(state, dict) and isinstance(state.get("version"), str):
+            if (
+                isinstance(state, dict)
+                and isinstance(state.get("version"), str)
+                and replica_is_live(state, now, replica_stale_after_s)
+            ):
                 protected.add(state["version"])
     current = {p.version for p in serving if p is not None}
     protected |= current

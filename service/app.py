@@ -26,6 +26,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from index.publish import replica_is_live
 from index.store import LocalStore
 from service.batching import Batcher
 from service.devices import Placement, choose_placement
@@ -395,6 +396,10 @@ def admin_router(token: str, runtime_of: Callable[[Request], Runtime]) -> APIRou
         runtime = runtime_of(request)
         holder, watcher = runtime.holder, runtime.watcher
         fleet = await watcher.fleet()
+        now = time.time()
+        for report in fleet.values():
+            if isinstance(report, dict):
+                report["live"] = replica_is_live(report, now)
         published = watcher.wanted.version if watcher.wanted else None
         failure = holder.last_failure
         return json_response(
@@ -409,7 +414,9 @@ def admin_router(token: str, runtime_of: Callable[[Request], Runtime]) -> APIRou
                 "published": published,
                 "fleet": fleet,
                 "fleet_serving_published": sum(
-                    1 for r in fleet.values() if isinstance(r, dict) and r.get("version") == published
+                    1
+                    for r in fleet.values()
+                    if isinstance(r, dict) and r.get("version") == published and replica_is_live(r, now)
                 ),
             }
         )

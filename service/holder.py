@@ -129,6 +129,10 @@ class SnapshotHolder:
                     del old
                     self.on_change()
                 snapshot = await loop.run_in_executor(self._loader, self._prepare, path, manifest_sha256)
+                if snapshot.version != version:
+                    # A pointer names a version, and serving it must mean serving that bundle, whatever the
+                    # directory it was found in: a copied or renamed bundle would otherwise report a lie.
+                    raise SnapshotError(f"{path}: the manifest says version {snapshot.version}, not {version}")
             except Exception as e:
                 # Whatever breaks while loading (a checksum, ONNX Runtime on the golden queries, memory),
                 # the snapshot is refused and the one serving stays.

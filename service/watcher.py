@@ -206,4 +206,12 @@ class Watcher:
             raw = await self.client.hgetall(replicas_key(self.prefix))
         except (RedisError, OSError) as e:
             return {"error": str(e)}
-        return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}
+        return {(k.decode() if isinstance(k, bytes) else k): _report(v) for k, v in raw.items()}
+
+
+def _report(raw: bytes | str) -> object:
+    """A replica's entry as written; one another writer garbled is shown as such, not a failed status."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return {"error": "unreadable report", "raw": raw[:200] if isinstance(raw, str) else raw[:200].decode("latin-1")}

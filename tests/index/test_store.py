@@ -79,6 +79,24 @@ def test_protected_are_serving_previous_pinned_and_replicas(
     assert store.versions() == [VERSIONS[0], VERSIONS[2], VERSIONS[3], VERSIONS[5]]
 
 
+def test_stopped_and_silent_replicas_protect_nothing(store: LocalStore, client: redis.Redis, prefix: str) -> None:
+    publish(store, VERSIONS[3], client, prefix)
+    now = time.time()
+    reports = {
+        "live": {"version": VERSIONS[0], "state": "serving", "updated_at": now - 5},
+        "stopped": {"version": VERSIONS[1], "state": "stopped", "updated_at": now - 5},
+        "silent": {"version": VERSIONS[2], "state": "serving", "updated_at": now - 3600},
+    }
+    for replica, report in reports.items():
+        client.hset(replicas_key(prefix), replica, json.dumps(report))
+    assert protected_versions(store, client, prefix) == {VERSIONS[3], VERSIONS[0]}
+    assert protected_versions(store, client, prefix, replica_stale_after_s=7200) == {
+        VERSIONS[3],
+        VERSIONS[0],
+        VERSIONS[2],
+    }
+
+
 def test_a_forced_rollback_protects_the_version_rolled_back_from(store: LocalStore) -> None:
     publish(store, VERSIONS[3])
     publish(store, VERSIONS[5])

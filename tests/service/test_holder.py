@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import shutil
 import time
 import weakref
 from pathlib import Path
@@ -82,6 +83,21 @@ def test_a_bundle_other_than_the_published_one_is_refused(store: Path) -> None:
         with pytest.raises(LoadFailedError, match="not the one the pointer published"):
             await holder.load(V1, manifest_sha256=manifest_sha256(store / V2))
         await holder.load(V1, manifest_sha256=manifest_sha256(store / V1))
+
+    asyncio.run(scenario())
+
+
+def test_a_bundle_whose_manifest_names_another_version_is_refused(store: Path) -> None:
+    async def scenario() -> None:
+        holder = holder_for(store)
+        await holder.load(V1)
+        # A whole, consistent copy of V1's bundle in the directory where the store keeps V3.
+        shutil.rmtree(store / V3)
+        shutil.copytree(store / V1, store / V3)
+        with pytest.raises(LoadFailedError, match=f"the manifest says version {V1}, not {V3}"):
+            await holder.load(V3)
+        assert holder.current is not None and holder.current.version == V1
+        assert holder.last_failure is not None and holder.last_failure.version == V3
 
     asyncio.run(scenario())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,7 +18,7 @@ import psutil
 
 from index.bundle import sha256_of
 from index.manifest import INDEX_NAME, MANIFEST_NAME, TOWER_NAME
-from index.publish import current_key, events_channel, publish
+from index.publish import current_key, events_channel, publish, replicas_key
 from index.store import LocalStore, Pointer
 from service.bench_serve import free_port
 from tests.conftest import VERSIONS, RedisServer, Server, ServerFactory, version_of_id
@@ -298,6 +299,26 @@ def test_sigterm_under_load_lets_every_request_finish(
     print(f"SIGTERM under load: {load.total} requests, statuses {dict(load.statuses)}, errors {len(load.errors)}")
     assert load.errors == []
     assert set(load.statuses) == {200}
+
+
+def test_the_fleet_view_counts_live_replicas_only_and_survives_a_garbled_report(
+    store: Path, redis_server: RedisServer, redis_prefix: str, server_factory: ServerFactory
+) -> None:
+    server = start(server_factory, store, redis_server, redis_prefix)
+    client = redis_server.client()
+    silent = {"version": V2, "state": "serving", "updated_at": time.time() - 3600}
+    client.hset(replicas_key(redis_prefix), "silent", json.dumps(silent))
+    client.hset(replicas_key(redis_prefix), "garbled", "{not json")
+    publish(LocalStore(store), V2, client, redis_prefix)
+    deadline = time.monotonic() + 30
+    while (status := admin_status(server))["fleet"][status["replica"]]["version"] != V2:  # type: ignore[index]
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+    fleet: dict[str, dict[str, object]] = status["fleet"]  # type: ignore[assignment]
+    assert fleet[status["replica"]]["live"] is True  # type: ignore[index]
+    assert fleet["silent"]["live"] is False
+    assert fleet["garbled"]["error"] == "unreadable report"
+    assert status["fleet_serving_published"] == 1
 
 
 def test_each_worker_follows_on_its_own_and_reports_to_the_fleet(
