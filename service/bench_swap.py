@@ -163,7 +163,6 @@ def bench_swap_command(
             swapping = loaded_phase(url, script, connections, seconds, swap_all)
     finally:
         stop_server(process)
-        shutil.copy(log, "/tmp/probe/swap.log")
         shutil.rmtree(work, ignore_errors=True)
     typer.echo(
         "\n".join(
