@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -12,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import redis
 
 from service.bench_serve import free_port
+from service.reference import BUNDLE_VARIABLE
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -225,3 +228,29 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+EBR = str(Path(sys.executable).parent / "ebr")
+needs_wrk = pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="the serving benchmarks drive load with wrk (.ci/run installs it)"
+)
+
+
+def run_bench(*args: str) -> str:
+    """`ebr bench ...` to the end, as a user runs it; its printout."""
+    environment = {k: v for k, v in os.environ.items() if k != "EBR_REDIS_URL"} | {"OMP_WAIT_POLICY": "PASSIVE"}
+    done = subprocess.run([EBR, "bench", *args], capture_output=True, text=True, timeout=600, env=environment)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def bench_servers() -> list[int]:
+    """Processes a bench started and left running: it gives every server it starts the bundle variable."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if BUNDLE_VARIABLE in process.environ():
+                found.append(process.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found

@@ -1,9 +1,11 @@
-"""The serving benchmark's parts on a tiny synthetic bundle: its reference and floor apps, payloads, wrk check."""
+"""The serving benchmark on tiny synthetic bundles: its reference and floor apps, payloads, the wrk check, and
+the whole command end to end (real servers and wrk on loopback; its figures are printed, not asserted)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ from service.bench_bundle import write_synthetic_export
 from service.bench_serve import write_payloads
 from service.reference import floor_app, reference_app
 from service.settings import Settings
+from tests.conftest import bench_servers, needs_wrk, run_bench
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +80,15 @@ def test_without_wrk_the_bench_says_how_to_install_it(tmp_path: Path) -> None:
     done = subprocess.run([str(ebr), "bench", "serve"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "apt-get install -y wrk" in done.stderr
+
+
+@needs_wrk
+def test_bench_serve_compares_ebr_with_the_reference_and_the_floor(tmp_path: Path) -> None:
+    small = ("--candidates", "20000", "--seconds", "2", "--light-seconds", "1")
+    out = run_bench("serve", *small, "--cache", str(tmp_path))
+    rows = {m.group(1): m.group(2).split() for m in re.finditer(r"^\s*(reference|ebr|floor)\s+(\d.*)$", out, re.M)}
+    assert set(rows) == {"reference", "ebr", "floor"}, out
+    assert all(float(row[1]) > 0 and row[5] == "0" for row in rows.values()), out  # req/s, errors
+    assert re.search(r"ebr / reference: throughput [\d.]+x", out), out
+    assert re.search(r"agree on 1[0-6]/16 sampled answers", out), out
+    assert bench_servers() == []
