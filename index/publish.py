@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,15 @@ def replicas_key(prefix: str) -> str:
 
 
 REPLICA_STALE_AFTER_S = 600.0
+
+
+def parse_replica_report(raw: bytes | str) -> dict[str, object] | None:
+    """One entry of the replicas hash, or None when another writer garbled it."""
+    try:
+        report = json.loads(raw)
+    except ValueError:
+        return None
+    return report if isinstance(report, dict) else None
 
 
 def replica_is_live(report: dict[str, object], now: float, stale_after_s: float = REPLICA_STALE_AFTER_S) -> bool:

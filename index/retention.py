@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -10,7 +9,13 @@ from typing import Protocol
 
 import redis
 
-from index.publish import REPLICA_STALE_AFTER_S, read_redis_pointer, replica_is_live, replicas_key
+from index.publish import (
+    REPLICA_STALE_AFTER_S,
+    parse_replica_report,
+    read_redis_pointer,
+    replica_is_live,
+    replicas_key,
+)
 from index.store import LocalStore
 
 
@@ -44,16 +49,13 @@ def protected_versions(
         serving.append(read_redis_pointer(client, prefix))
         now = time.time()
         for raw in client.hvals(replicas_key(prefix)):
-            try:
-                state = json.loads(raw)
-            except ValueError:
-                continue
+            report = parse_replica_report(raw)
             if (
-                isinstance(state, dict)
-                and isinstance(state.get("version"), str)
-                and replica_is_live(state, now, replica_stale_after_s)
+                report is not None
+                and isinstance(report.get("version"), str)
+                and replica_is_live(report, now, replica_stale_after_s)
             ):
-                protected.add(state["version"])
+                protected.add(str(report["version"]))
     current = {p.version for p in serving if p is not None}
     protected |= current
     previous = [p.version for p in store.history() if p.version not in current]

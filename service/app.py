@@ -26,7 +26,6 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from index.publish import replica_is_live
 from index.store import LocalStore
 from service.batching import Batcher
 from service.devices import Placement, choose_placement
@@ -306,13 +305,7 @@ def create_app(settings: Settings) -> ASGIApp:
     async def retrieve(request: Request) -> Response:
         content_type = request.headers.get("content-type", "")
         check_body_headers(content_type, request.headers.get("content-length"), settings.max_body_bytes)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > settings.max_body_bytes:
-                raise BodyTooLargeError(f"body exceeds the {settings.max_body_bytes}-byte limit")
-            chunks.append(chunk)
-        payload, headers = await answer(runtime_of(request), b"".join(chunks))
+        payload, headers = await answer(runtime_of(request), await read_body(request.receive, settings.max_body_bytes))
         return Response(payload, 200, headers=headers, media_type="application/json")
 
     async def answer(runtime: Runtime, body_bytes: bytes) -> tuple[bytes, dict[str, str]]:
@@ -396,10 +389,6 @@ def admin_router(token: str, runtime_of: Callable[[Request], Runtime]) -> APIRou
         runtime = runtime_of(request)
         holder, watcher = runtime.holder, runtime.watcher
         fleet = await watcher.fleet()
-        now = time.time()
-        for report in fleet.values():
-            if isinstance(report, dict):
-                report["live"] = replica_is_live(report, now)
         published = watcher.wanted.version if watcher.wanted else None
         failure = holder.last_failure
         return json_response(
@@ -414,9 +403,7 @@ def admin_router(token: str, runtime_of: Callable[[Request], Runtime]) -> APIRou
                 "published": published,
                 "fleet": fleet,
                 "fleet_serving_published": sum(
-                    1
-                    for r in fleet.values()
-                    if isinstance(r, dict) and r.get("version") == published and replica_is_live(r, now)
+                    1 for r in fleet.values() if isinstance(r, dict) and r.get("version") == published and r.get("live")
                 ),
             }
         )

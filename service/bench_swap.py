@@ -24,7 +24,7 @@ import typer
 
 from index.bundle import read_manifest
 from index.manifest import MANIFEST_NAME
-from index.publish import publish, replicas_key
+from index.publish import parse_replica_report, publish, replicas_key
 from index.store import LocalStore
 from service.bench_serve import (
     Measured,
@@ -89,8 +89,8 @@ def wait_serving(url: str, version: str, client: redis.Redis | None, prefix: str
 def _serves(url: str, version: str, client: redis.Redis | None, prefix: str) -> bool:
     if client is None:
         return bool(httpx.get(f"{url}/readyz", timeout=5).json().get("snapshot") == version)
-    reports = [json.loads(raw) for raw in client.hvals(replicas_key(prefix))]
-    return any(r.get("version") == version and r.get("state") == "serving" for r in reports)
+    reports = [parse_replica_report(raw) for raw in client.hvals(replicas_key(prefix))]
+    return any(r is not None and r.get("version") == version and r.get("state") == "serving" for r in reports)
 
 
 def loaded_phase(url: str, script: Path, connections: int, seconds: float, during: object = None) -> Measured:

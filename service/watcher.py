@@ -18,7 +18,7 @@ import structlog
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from index.publish import current_key, events_channel, replicas_key
+from index.publish import current_key, events_channel, parse_replica_report, replica_is_live, replicas_key
 from index.store import LocalStore, Pointer
 from index.versions import is_newer
 from service.holder import LoadFailedError, SnapshotHolder
@@ -200,18 +200,21 @@ class Watcher:
             log.warning("replica_report_failed", error=str(e))
 
     async def fleet(self) -> dict[str, object]:
+        """Every replica's entry, each marked `live` or not; one another writer garbled is shown as such."""
         if self.client is None:
             return {}
         try:
             raw = await self.client.hgetall(replicas_key(self.prefix))
         except (RedisError, OSError) as e:
             return {"error": str(e)}
-        return {(k.decode() if isinstance(k, bytes) else k): _report(v) for k, v in raw.items()}
-
-
-def _report(raw: bytes | str) -> object:
-    """A replica's entry as written; one another writer garbled is shown as such, not a failed status."""
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return {"error": "unreadable report", "raw": raw[:200] if isinstance(raw, str) else raw[:200].decode("latin-1")}
+        now = time.time()
+        fleet: dict[str, object] = {}
+        for name, value in raw.items():
+            report = parse_replica_report(value)
+            if report is None:
+                text = value if isinstance(value, str) else value.decode("latin-1")
+                report = {"error": "unreadable report", "raw": text[:200], "live": False}
+            else:
+                report["live"] = replica_is_live(report, now)
+            fleet[name.decode() if isinstance(name, bytes) else name] = report
+        return fleet
