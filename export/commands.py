@@ -48,7 +48,7 @@ def bench_train_command(
     from export.evaluate import set_faiss_threads
 
     set_faiss_threads(2)
-    runs = run_benchmark(
+    benchmark = run_benchmark(
         datasets.split(","),
         objectives.split(","),
         [int(s) for s in seeds.split(",")],
@@ -56,7 +56,7 @@ def bench_train_command(
         epochs=epochs,
         first_seed_only=frozenset(filter(None, first_seed_only.split(","))),
     )
-    table = format_table(runs)
+    table = format_table(benchmark)
     (out / "table.txt").write_text(table + "\n")
     typer.echo(table)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -65,13 +65,23 @@ def scaled_cosine_error(reconstructed: torch.Tensor, target: torch.Tensor, alpha
     return (1.0 - cosine).pow(alpha).mean()
 
 
+class Masked(NamedTuple):
+    """A masked copy of the per-field parts: the tower's input, which parts were masked, and the targets."""
+
+    inputs: torch.Tensor  # (batch, fields * dim)
+    masked: torch.Tensor  # (batch, fields) bool
+    targets: torch.Tensor  # (batch, fields, dim), detached
+
+
 class MaskedReconstruction(nn.Module):
     """Masked feature reconstruction (GraphMAE-style) over the user tower's per-field parts.
 
     A random share of (row, field) parts is replaced by that field's learnable mask token, the tower embeds
     the result, and a linear decoder reconstructs every part from the embedding; the scaled cosine error on
-    the masked parts is the loss. Targets are detached: they are the tower's own input representations, and
-    letting the loss move them would let it shrink them towards whatever is easiest to predict.
+    the masked parts is the loss. Masking and scoring are two calls so that the caller can embed the masked
+    rows in the same tower pass as its other rows. Targets are detached: they are the tower's own input
+    representations, and letting the loss move them would let it shrink them towards whatever is easiest to
+    predict.
     """
 
     def __init__(self, num_parts: int, dim: int) -> None:
@@ -79,18 +89,15 @@ class MaskedReconstruction(nn.Module):
         self.tokens = nn.Parameter(torch.zeros(num_parts, dim))
         self.decoder = nn.Linear(dim, num_parts * dim)
 
-    def forward(
-        self,
-        hidden: Callable[[torch.Tensor], torch.Tensor],
-        parts: list[torch.Tensor],
-        rate: float,
-        alpha: float,
-        generator: torch.Generator,
-    ) -> torch.Tensor:
+    def mask(self, parts: list[torch.Tensor], rate: float, generator: torch.Generator) -> Masked:
         stacked = torch.stack(parts, dim=1)
         batch, fields, dim = stacked.shape
         masked = torch.rand(batch, fields, generator=generator) < rate
         masked[:, 0] |= ~masked.any(dim=1)  # every row masks something, so every row is a task
         inputs = torch.where(masked.unsqueeze(-1), self.tokens.unsqueeze(0), stacked)
-        reconstructed = self.decoder(hidden(inputs.reshape(batch, fields * dim))).view(batch, fields, dim)
-        return scaled_cosine_error(reconstructed[masked], stacked.detach()[masked], alpha)
+        return Masked(inputs.reshape(batch, fields * dim), masked, stacked.detach())
+
+    def loss(self, hidden: torch.Tensor, masked: Masked, alpha: float) -> torch.Tensor:
+        """The scaled cosine error of the parts reconstructed from `hidden`, the tower's embedding of the inputs."""
+        reconstructed = self.decoder(hidden).view(masked.targets.shape)
+        return scaled_cosine_error(reconstructed[masked.masked], masked.targets[masked.masked], alpha)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -134,7 +135,18 @@ class Step:
         users, positives = batch[:, 0], batch[:, 1]
         looked = tower.encoder.lookup(self._inputs(users, exclude=positives))
         parts = tower.encoder.pool(looked)
-        embedded = nn.functional.normalize(tower.hidden(torch.cat(parts, dim=-1)), dim=-1)
+        tower_rows = [torch.cat(parts, dim=-1)]
+        if config.self_supervised:
+            # The auxiliary tasks see the batch's first `ssl_rows` rows, a random sample: it bounds their cost
+            # while keeping enough rows for CCA-SSG's per-dimension statistics. Their views and masked copies
+            # join the batch's own rows in one tower pass: one large matrix product costs less than four.
+            rows = config.ssl_rows
+            sample = [Bag(p.rows[:rows], p.valid[:rows]) if isinstance(p, Bag) else p[:rows] for p in looked]
+            views = self._views(sample)
+            masked = self.reconstruction.mask([p[:rows] for p in parts], config.mae_rate, self.generator)
+            tower_rows += [*views, masked.inputs]
+        hidden = tower.hidden(torch.cat(tower_rows)).split([len(r) for r in tower_rows])
+        embedded = nn.functional.normalize(hidden[0], dim=-1)
         # The pair's user is removed from the positive's own bag: in a friend graph it is the answer.
         positive_embeddings = self.candidates(positives, exclude=users)
         positive_ids = torch.from_numpy(positives)
@@ -155,12 +167,8 @@ class Step:
         if config.embedding_l2:
             loss = loss + config.embedding_l2 * self._l2(looked, positive_ids)
         if config.self_supervised:
-            # The auxiliary tasks see the batch's first `ssl_rows` rows, a random sample: it bounds their cost
-            # while keeping enough rows for CCA-SSG's per-dimension statistics.
-            rows = config.ssl_rows
-            sample = [Bag(p.rows[:rows], p.valid[:rows]) if isinstance(p, Bag) else p[:rows] for p in looked]
-            cca = self._cca(sample)
-            mae = self._reconstruction([p[:rows] for p in parts])
+            cca = cca_ssg_loss(hidden[1], hidden[2], config.decorrelation)
+            mae = self.reconstruction.loss(hidden[3], masked, config.mae_alpha)
             loss = loss + config.cca_weight * cca + config.mae_weight * mae
         return loss
 
@@ -176,37 +184,52 @@ class Step:
                 total = total + part.pow(2).sum(-1).mean()
         return total
 
-    def _cca(self, looked: list[torch.Tensor | Bag]) -> torch.Tensor:
-        """Two views of the minibatch's users, each with neighbours dropped and feature dimensions masked."""
-        tower, config = self.model.user, self.config
+    def _views(self, looked: list[torch.Tensor | Bag]) -> list[torch.Tensor]:
+        """CCA-SSG's two views of the sampled users' tower input, each with neighbours dropped and feature
+        dimensions masked."""
+        encoder, config = self.model.user.encoder, self.config
         valid = {i: part.valid for i, part in enumerate(looked) if isinstance(part, Bag) and i in self.history_parts}
         views = []
         for _ in range(2):
             keep = neighbour_keep(valid, config.neighbour_drop, self.generator)
-            concatenated = torch.cat(tower.encoder.pool(looked, keep), dim=-1)
-            views.append(
-                tower.hidden(concatenated * feature_mask(concatenated.shape[1], config.feature_drop, self.generator))
-            )
-        return cca_ssg_loss(views[0], views[1], config.decorrelation)
+            concatenated = torch.cat(encoder.pool(looked, keep), dim=-1)
+            views.append(concatenated * feature_mask(concatenated.shape[1], config.feature_drop, self.generator))
+        return views
 
-    def _reconstruction(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        config = self.config
-        return self.reconstruction(self.model.user.hidden, parts, config.mae_rate, config.mae_alpha, self.generator)
+
+class Optimisation:
+    """A fresh model, its minibatch loss and its optimiser: one call trains on one minibatch."""
+
+    def __init__(self, data: InteractionData, config: TrainConfig, total_steps: int) -> None:
+        torch.manual_seed(config.seed)
+        self.model = TwoTower(data, config.dim)
+        self.step = Step(data, self.model, config)
+        parameters = [*self.model.parameters()]
+        if config.self_supervised:
+            parameters += self.step.reconstruction.parameters()
+        self.optimizer = torch.optim.Adam(parameters, lr=config.lr)
+        # Cosine decay to a tenth of the rate: a short run still ends with small, settling steps.
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda t: 0.1 + 0.45 * (1 + math.cos(math.pi * t / total_steps))
+        )
+
+    def __call__(self, batch: np.ndarray) -> float:
+        """The minibatch's loss; the parameters move only when it is finite."""
+        loss = self.step.loss(batch)
+        value = float(loss.detach())
+        if math.isfinite(value):
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            self.schedule.step()
+        return value
 
 
 def train(data: InteractionData, config: TrainConfig) -> Trained:
     data = training_view(data, config)
-    torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
-    model = TwoTower(data, config.dim)
-    step = Step(data, model, config)
-    parameters = [*model.parameters(), *(step.reconstruction.parameters() if config.self_supervised else [])]
-    optimizer = torch.optim.Adam(parameters, lr=config.lr)
     steps = math.ceil(len(data.train) / config.batch_size)
-    # Cosine decay to a tenth of the rate: a short run still ends with small, settling steps.
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda t: 0.1 + 0.45 * (1 + math.cos(math.pi * t / (steps * config.epochs)))
-    )
+    optimisation = Optimisation(data, config, steps * config.epochs)
     rng = np.random.default_rng(config.seed + 1)
     losses: list[float] = []
     started = time.monotonic()
@@ -215,22 +238,39 @@ def train(data: InteractionData, config: TrainConfig) -> Trained:
             order = rng.permutation(len(data.train))
             total = 0.0
             for index in range(steps):
-                loss = step.loss(data.train[order[index * config.batch_size : (index + 1) * config.batch_size]])
-                value = float(loss.detach())
+                value = optimisation(data.train[order[index * config.batch_size : (index + 1) * config.batch_size]])
                 if not math.isfinite(value):
                     raise DivergedError(
                         f"training diverged: the loss became {value} at epoch {epoch + 1}, step {index + 1}; "
                         "nothing was exported (lower the learning rate or check the features for NaN)"
                     )
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                schedule.step()
                 total += value
                 progress.advance(note=f"epoch {epoch + 1} loss {value:.3f}")
             losses.append(total / steps)
     seconds = (time.monotonic() - started) / config.epochs
-    return Trained(model.eval(), config, seconds, losses)
+    return Trained(optimisation.model.eval(), config, seconds, losses)
+
+
+def step_seconds(data: InteractionData, configs: list[TrainConfig], steps: int = 20, rounds: int = 5) -> list[float]:
+    """Median seconds per training step of each configuration, on the same minibatches.
+
+    The configurations take turns, `steps` minibatches at a time for `rounds` rounds, so a machine whose
+    speed drifts (other tenants, frequency scaling) slows them alike and their ratio stays fair; epochs timed
+    one run after another do not have that property.
+    """
+    torch.set_num_threads(configs[0].threads)
+    batch_size = configs[0].batch_size
+    order = np.random.default_rng(configs[0].seed).permutation(len(data.train))
+    batches = [data.train[order[(i * batch_size) % len(order) :][:batch_size]] for i in range(steps * rounds)]
+    optimisations = [Optimisation(training_view(data, c), c, steps * rounds) for c in configs]
+    timings: list[list[float]] = [[] for _ in configs]
+    for round_index in range(rounds):
+        for optimisation, timing in zip(optimisations, timings, strict=True):
+            started = time.perf_counter()
+            for batch in batches[round_index * steps : (round_index + 1) * steps]:
+                optimisation(batch)
+            timing.append((time.perf_counter() - started) / steps)
+    return [statistics.median(t) for t in timings]
 
 
 @torch.no_grad()

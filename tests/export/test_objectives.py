@@ -102,11 +102,32 @@ def test_masked_reconstruction_trains_its_decoder_to_recover_the_masked_parts() 
     direction = torch.nn.functional.normalize(torch.randn(64, dim), dim=-1)
     parts = [direction * (i + 1) for i in range(fields)]
     generator = torch.Generator().manual_seed(0)
-    first = task(encoder, parts, rate=0.3, alpha=2.0, generator=generator).item()
+
+    def step() -> torch.Tensor:
+        masked = task.mask(parts, rate=0.3, generator=generator)
+        assert masked.masked.any(dim=1).all()
+        return task.loss(encoder(masked.inputs), masked, alpha=2.0)
+
+    first = step().item()
     for _ in range(1000):
-        loss = task(encoder, parts, rate=0.3, alpha=2.0, generator=generator)
+        loss = step()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.2 * first
     assert task.tokens.grad is not None and task.tokens.grad.abs().sum() > 0
+
+
+def test_masking_replaces_exactly_the_masked_parts_with_their_tokens() -> None:
+    dim, fields = 3, 4
+    task = MaskedReconstruction(fields, dim)
+    with torch.no_grad():
+        task.tokens.copy_(torch.full((fields, dim), -7.0))
+    parts = [torch.full((5, dim), float(i + 1)) for i in range(fields)]
+    masked = task.mask(parts, rate=0.5, generator=torch.Generator().manual_seed(1))
+    inputs = masked.inputs.view(5, fields, dim)
+    for field in range(fields):
+        expected = torch.where(masked.masked[:, field], -7.0, float(field + 1))
+        assert torch.equal(inputs[:, field, 0], expected)
+    assert masked.masked.any(dim=1).all() and not masked.masked.all()
+    assert not masked.targets.requires_grad

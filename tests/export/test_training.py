@@ -13,7 +13,7 @@ from export.evaluate import exact_scorer, rank
 from export.interactions import USER_ID
 from export.pipeline import run_export
 from export.synthetic import SyntheticConfig, generate
-from export.train import DivergedError, TrainConfig, train, training_view
+from export.train import DivergedError, TrainConfig, step_seconds, train, training_view
 from index import export_dir
 
 SMALL = SyntheticConfig(num_users=1200, num_candidates=3000, num_clusters=60, seed=3)
@@ -70,3 +70,10 @@ def test_without_user_id_rows_the_tower_embeds_users_from_their_history_alone(da
     assert USER_ID not in [f["name"] for f in spec["fields"]]
     assert result.metrics["onnx_parity"] <= 1e-5
     assert result.metrics["recall@20"] > popularity_recall(data)
+
+
+def test_step_seconds_times_each_configuration_in_turn(data) -> None:  # type: ignore[no-untyped-def]
+    configs = [TrainConfig(dim=16, batch_size=256, objective=o) for o in ("retrieval", "ssmtl")]
+    seconds = step_seconds(data, configs, steps=3, rounds=2)
+    assert len(seconds) == 2
+    assert all(0 < s < 60 for s in seconds)
