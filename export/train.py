@@ -29,7 +29,8 @@ class DivergedError(RuntimeError):
 @dataclass(frozen=True)
 class TrainConfig:
     """`objective` picks the preset: `retrieval` alone, or `ssmtl` = retrieval + the fixed-weight
-    `cca_weight`·CCA-SSG + `mae_weight`·masked reconstruction."""
+    `cca_weight`·CCA-SSG + `mae_weight`·masked reconstruction. `logq_weight` scales the log-q correction:
+    above 1 it over-corrects, which leaves popular candidates ranked higher than the full softmax would."""
 
     dim: int = 64
     epochs: int = 4
@@ -40,6 +41,7 @@ class TrainConfig:
     threads: int = 2
     objective: str = "retrieval"
     logq: bool = True
+    logq_weight: float = 1.0
     extra_negatives: int = 0
     id_dropout: float = 0.1
     history_length: int = 32
@@ -104,7 +106,8 @@ class Step:
         self.generator = torch.Generator().manual_seed(config.seed)
         popularity = np.bincount(data.train[:, 1], minlength=data.num_candidates) + 1.0
         expected = config.batch_size * popularity / popularity.sum()
-        self.log_q = torch.from_numpy(np.log(expected).astype(np.float32)) if config.logq else None
+        log_q = config.logq_weight * np.log(expected)
+        self.log_q = torch.from_numpy(log_q.astype(np.float32)) if config.logq else None
         pooled = [f for f in data.feature_spec.fields if f.kind != "numeric"]
         self.history_parts = [i for i, f in enumerate(pooled) if f.name in data.history_fields]
         self.candidate_fields = [f.name for f in data.candidate_spec.fields] if data.candidate_spec else []
@@ -154,7 +157,8 @@ class Step:
         extra: dict[str, torch.Tensor] = {}
         if config.extra_negatives:
             sampled = self.rng.integers(0, self.data.num_candidates, size=config.extra_negatives)
-            uniform = math.log(config.extra_negatives / self.data.num_candidates) if config.logq else 0.0
+            uniform = config.logq_weight * math.log(config.extra_negatives / self.data.num_candidates)
+            uniform = uniform if config.logq else 0.0
             extra = {
                 "negatives": self.candidates(sampled, exclude=np.full(len(sampled), -1)),
                 "negative_ids": torch.from_numpy(sampled),

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from export.evaluate import exact_scorer, rank
 from export.interactions import USER_ID
 from export.pipeline import run_export
 from export.synthetic import SyntheticConfig, generate
-from export.train import DivergedError, TrainConfig, step_seconds, train, training_view
+from export.towers import TwoTower
+from export.train import DivergedError, Step, TrainConfig, step_seconds, train, training_view
 from index import export_dir
 
 SMALL = SyntheticConfig(num_users=1200, num_candidates=3000, num_clusters=60, seed=3)
@@ -77,3 +79,14 @@ def test_step_seconds_times_each_configuration_in_turn(data) -> None:  # type: i
     seconds = step_seconds(data, configs, steps=3, rounds=2)
     assert len(seconds) == 2
     assert all(0 < s < 60 for s in seconds)
+
+
+def test_the_log_q_weight_scales_every_columns_correction(data) -> None:  # type: ignore[no-untyped-def]
+    def corrections(weight: float) -> torch.Tensor:
+        config = TrainConfig(dim=16, logq_weight=weight)
+        step = Step(data, TwoTower(data, config.dim), config)
+        assert step.log_q is not None
+        return step.log_q
+
+    assert torch.allclose(corrections(1.3), 1.3 * corrections(1.0))
+    assert not torch.allclose(corrections(1.3), corrections(1.0))
