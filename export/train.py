@@ -157,8 +157,8 @@ class Step:
         extra: dict[str, torch.Tensor] = {}
         if config.extra_negatives:
             sampled = self.rng.integers(0, self.data.num_candidates, size=config.extra_negatives)
-            uniform = config.logq_weight * math.log(config.extra_negatives / self.data.num_candidates)
-            uniform = uniform if config.logq else 0.0
+            share = config.extra_negatives / self.data.num_candidates
+            uniform = config.logq_weight * math.log(share) if config.logq else 0.0
             extra = {
                 "negatives": self.candidates(sampled, exclude=np.full(len(sampled), -1)),
                 "negative_ids": torch.from_numpy(sampled),
