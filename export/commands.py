@@ -18,6 +18,10 @@ def train_command(
     epochs: Annotated[int | None, typer.Option(help="default: the benchmark's set-up for the dataset")] = None,
     dim: Annotated[int | None, typer.Option(help="default: the benchmark's set-up for the dataset")] = None,
     through_index: Annotated[bool, typer.Option(help="also evaluate through an IVF-PQ index")] = False,
+    assignments: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="NAME=VALUE for any training setting, e.g. --set temperature=0.04; repeatable"),
+    ] = None,
 ) -> None:
     """Train the towers, export the user tower and candidate embeddings for `ebr build-index`, evaluate both."""
     import dataclasses
@@ -25,9 +29,14 @@ def train_command(
     from export.bench import setup
     from export.datasets import load
     from export.pipeline import run_export
+    from export.train import with_overrides
 
     config = setup(dataset, objective, seed, epochs)
     config = dataclasses.replace(config, dim=dim or config.dim)
+    try:
+        config = with_overrides(config, assignments or [])
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--set") from None
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"dataset": dataset, **dataclasses.asdict(config)}, indent=2))
     result = run_export(load(dataset), config, out / "export", through_index=through_index)

@@ -6,7 +6,9 @@ import dataclasses
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,6 +66,29 @@ class TrainConfig:
     @property
     def self_supervised(self) -> bool:
         return self.objective == "ssmtl"
+
+
+def _parse_bool(text: str) -> bool:
+    return {"true": True, "false": False}[text.lower()]
+
+
+PARSERS: dict[str, Callable[[str], object]] = {"int": int, "float": float, "str": str, "bool": _parse_bool}
+
+
+def with_overrides(config: TrainConfig, assignments: list[str]) -> TrainConfig:
+    """`config` with `name=value` assignments applied, each value parsed as its field's type."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    changes: dict[str, Any] = {}
+    for assignment in assignments:
+        name, equals, text = assignment.partition("=")
+        if not equals or name not in fields:
+            raise ValueError(f"{assignment!r}: expected name=value with a name among {', '.join(fields)}")
+        kind = str(fields[name].type)
+        try:
+            changes[name] = PARSERS[kind](text)
+        except (KeyError, ValueError):
+            raise ValueError(f"{assignment!r}: {name} takes a {kind}, not {text!r}") from None
+    return dataclasses.replace(config, **changes)
 
 
 def training_view(data: InteractionData, config: TrainConfig) -> InteractionData:

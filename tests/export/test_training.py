@@ -9,13 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from export.cli import app as cli
 from export.evaluate import exact_scorer, rank
 from export.interactions import USER_ID
 from export.pipeline import run_export
 from export.synthetic import SyntheticConfig, generate
 from export.towers import TwoTower
-from export.train import DivergedError, Step, TrainConfig, step_seconds, train, training_view
+from export.train import DivergedError, Step, TrainConfig, step_seconds, train, training_view, with_overrides
 from index import export_dir
 
 SMALL = SyntheticConfig(num_users=1200, num_candidates=3000, num_clusters=60, seed=3)
@@ -90,3 +92,38 @@ def test_the_log_q_weight_scales_every_columns_correction(data) -> None:  # type
 
     assert torch.allclose(corrections(1.3), 1.3 * corrections(1.0))
     assert not torch.allclose(corrections(1.3), corrections(1.0))
+
+
+def test_overrides_set_training_settings_by_name_with_their_types() -> None:
+    config = with_overrides(TrainConfig(), ["temperature=0.04", "epochs=7", "user_id_rows=false", "objective=ssmtl"])
+    assert (config.temperature, config.epochs, config.user_id_rows, config.objective) == (0.04, 7, False, "ssmtl")
+    assert with_overrides(config, []) == config
+
+
+@pytest.mark.parametrize(
+    ("assignment", "reason"),
+    [
+        ("temprature=0.04", "a name among"),
+        ("temperature", "a name among"),
+        ("epochs=2.5", "epochs takes a int"),
+        ("user_id_rows=maybe", "user_id_rows takes a bool"),
+        ("objective=bpr", "unknown objective"),
+    ],
+)
+def test_a_bad_override_names_the_setting_and_the_reason(assignment: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        with_overrides(TrainConfig(), [assignment])
+
+
+def test_ebr_train_applies_set_and_records_it_in_the_run_config(tmp_path: Path) -> None:
+    args = ["train", "--out", str(tmp_path), "--epochs", "1", "--set", "temperature=0.07", "--set", "dim=16"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["temperature"], config["dim"], config["epochs"]) == (0.07, 16, 1)
+    assert json.loads((tmp_path / "metrics.json").read_text())["recall@20"] > 0
+
+    refused = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "no"), "--set", "lr=fast"])
+    assert refused.exit_code == 2
+    assert "lr takes a float" in refused.output
+    assert not (tmp_path / "no").exists()

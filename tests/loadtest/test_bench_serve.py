@@ -84,11 +84,16 @@ def test_without_wrk_the_bench_says_how_to_install_it(tmp_path: Path) -> None:
 
 @needs_wrk
 def test_bench_serve_compares_ebr_with_the_reference_and_the_floor(tmp_path: Path) -> None:
-    small = ("--candidates", "20000", "--seconds", "2", "--light-seconds", "1")
+    small = ("--candidates", "20000", "--seconds", "2", "--light-seconds", "1", "--rounds", "2")
     out = run_bench("serve", *small, "--cache", str(tmp_path))
+    assert re.search(r"round 1/2: reference, ebr, floor\n.*round 2/2: floor, ebr, reference", out, re.S), out
+    per_round = re.search(r"throughput per round: ([\d.]+)x, ([\d.]+)x\n", out)
+    assert per_round, out
+    median = re.search(r"ebr / reference: throughput ([\d.]+)x \(median of rounds\)", out)
+    assert median, out
+    assert abs(float(median.group(1)) - sum(map(float, per_round.groups())) / 2) < 0.01, out
     rows = {m.group(1): m.group(2).split() for m in re.finditer(r"^\s*(reference|ebr|floor)\s+(\d.*)$", out, re.M)}
     assert set(rows) == {"reference", "ebr", "floor"}, out
     assert all(float(row[1]) > 0 and row[5] == "0" for row in rows.values()), out  # req/s, errors
-    assert re.search(r"ebr / reference: throughput [\d.]+x", out), out
     assert re.search(r"agree on 1[0-6]/16 sampled answers", out), out
     assert bench_servers() == []
