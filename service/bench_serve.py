@@ -120,7 +120,6 @@ def _median(phases: list[Measured]) -> Measured:
 
 @dataclass(frozen=True)
 class Server:
-    app: str
     process: subprocess.Popen[bytes]
     url: str
 
@@ -279,9 +278,7 @@ def serving(bundle: Path, workers: int, threads: int, folder: Path) -> Iterator[
         for app in APPS:
             port = free_port()
             log = folder / f"{app}.log"
-            servers[app] = Server(
-                app, start_server(app, bundle, port, workers, threads, log), f"http://127.0.0.1:{port}"
-            )
+            servers[app] = Server(start_server(app, bundle, port, workers, threads, log), f"http://127.0.0.1:{port}")
             wait_ready(servers[app].process, servers[app].url, log)
         yield servers
     finally:
