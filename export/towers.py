@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,6 +27,87 @@ def id_table(rows: int, dim: int) -> nn.Embedding:
     return table
 
 
+class SparseProduct(torch.autograd.Function):
+    """`matrix @ x` for a sparse CSR matrix whose transpose, for the gradient, is built once: torch would
+    transpose the matrix on every backward pass, which costs about five times the product itself."""
+
+    @staticmethod
+    def forward(ctx: Any, matrix: torch.Tensor, transposed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.transposed = transposed
+        return matrix @ x
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:
+        return None, None, ctx.transposed @ grad
+
+
+def normalised_matrix(
+    rows: np.ndarray, columns: np.ndarray, shape: tuple[int, int], symmetric: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sparse matrix pairing rows with columns and its transpose. Each pair weighs 1/deg(row), so a row
+    averages its columns; or, `symmetric`, 1/sqrt(deg(row)·deg(column)) as in LightGCN, which lets a column
+    with many partners count for less and a row with many partners sum to more."""
+    row_degree = np.bincount(rows, minlength=shape[0])[rows].astype(np.float64)
+    if symmetric:
+        column_degree = np.bincount(columns, minlength=shape[1])[columns]
+        weights = 1.0 / np.sqrt(row_degree * column_degree)
+    else:
+        weights = 1.0 / row_degree
+    values = torch.from_numpy(weights.astype(np.float32))
+    with warnings.catch_warnings():  # torch calls its CSR support beta; the products used here are long stable
+        warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
+        coo = torch.sparse_coo_tensor(torch.from_numpy(np.stack([rows, columns])), values, shape).coalesce()
+        return coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr()
+
+
+class Propagation:
+    """LightGCN-style propagation of the candidate id table over the whole train graph: one layer takes each
+    user's mean of its candidates' rows, then each candidate's mean over its users (or LightGCN's symmetric
+    weights). The propagated table is the id rows plus `weight`^k times layer k for k = 1..`layers`, so a
+    candidate is also embedded by what its users touched, which a sampled minibatch alone would only reach
+    through many steps."""
+
+    def __init__(
+        self, train: np.ndarray, num_users: int, rows: int, layers: int, weight: float, symmetric: bool = False
+    ) -> None:
+        users, candidates = train[:, 0], train[:, 1]
+        self.to_users = normalised_matrix(users, candidates, (num_users, rows), symmetric)
+        self.to_candidates = normalised_matrix(candidates, users, (rows, num_users), symmetric)
+        self.layers, self.weight = layers, weight
+
+    def __call__(self, table: torch.Tensor) -> torch.Tensor:
+        total, layer = table, table
+        for k in range(1, self.layers + 1):
+            layer = SparseProduct.apply(*self.to_candidates, SparseProduct.apply(*self.to_users, layer))
+            total = total + self.weight**k * layer
+        return total
+
+
+class CandidateTable(nn.Module):
+    """The candidate id rows that every lookup of a candidate id reads: the candidate tower's and the history
+    or friend bags'. With a propagation a lookup reads the propagated table, which spans every row, so it is
+    computed once per training step by `refresh()` and once more, detached, when training ends; evaluation
+    and the ONNX export then read that final table as a constant."""
+
+    def __init__(self, rows: int, dim: int, propagation: Propagation | None = None) -> None:
+        super().__init__()
+        self.ids = id_table(rows, dim)
+        self.propagation = propagation
+        self.propagated: torch.Tensor | None = None
+
+    def refresh(self) -> None:
+        if self.propagation is not None:
+            self.propagated = self.propagation(self.ids.weight)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.propagation is None:
+            return self.ids(ids)
+        if self.propagated is None:
+            self.refresh()
+        assert self.propagated is not None
+        return nn.functional.embedding(ids, self.propagated)
+
+
 class FeatureEncoder(nn.Module):
     """One dim-sized part per field of a spec, in spec order; all numeric fields together make one last part.
 
@@ -34,7 +117,7 @@ class FeatureEncoder(nn.Module):
     user with a few interactions lands near what they touched.
     """
 
-    def __init__(self, spec: FeatureSpec, dim: int, candidate_ids: nn.Embedding, shared: frozenset[str]) -> None:
+    def __init__(self, spec: FeatureSpec, dim: int, candidate_ids: CandidateTable, shared: frozenset[str]) -> None:
         super().__init__()
         self.spec = spec
         self.candidate_ids = candidate_ids
@@ -48,8 +131,8 @@ class FeatureEncoder(nn.Module):
         self.numeric = nn.Linear(numeric, dim) if numeric else None
         self.num_parts = sum(f.kind != "numeric" for f in spec.fields) + (1 if numeric else 0)
 
-    def table(self, name: str) -> nn.Embedding:
-        return self.candidate_ids if name in self.shared else self.tables[name]  # type: ignore[return-value]
+    def table(self, name: str) -> nn.Module:
+        return self.candidate_ids if name in self.shared else self.tables[name]
 
     def lookup(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor | Bag]:
         parts: list[torch.Tensor | Bag] = []
@@ -83,7 +166,7 @@ class UserTower(nn.Module):
     """Embeds the spec's fields into one L2-normalised vector: a linear map of the concatenated parts plus an
     MLP of them (the linear path keeps the id and history parts' geometry; the MLP mixes fields)."""
 
-    def __init__(self, spec: FeatureSpec, candidate_ids: nn.Embedding, dim: int, shared: frozenset[str]) -> None:
+    def __init__(self, spec: FeatureSpec, candidate_ids: CandidateTable, dim: int, shared: frozenset[str]) -> None:
         super().__init__()
         self.spec = spec
         self.encoder = FeatureEncoder(spec, dim, candidate_ids, shared)
@@ -107,7 +190,7 @@ class CandidateTower(nn.Module):
     its candidate is in the batch; without it a short run leaves the rare candidates near their random start.
     """
 
-    def __init__(self, candidate_ids: nn.Embedding, spec: FeatureSpec | None, dim: int) -> None:
+    def __init__(self, candidate_ids: CandidateTable, spec: FeatureSpec | None, dim: int) -> None:
         super().__init__()
         self.candidate_ids = candidate_ids
         self.features = FeatureEncoder(spec, dim, candidate_ids, frozenset()) if spec else None
@@ -124,9 +207,22 @@ class TwoTower(nn.Module):
     """Both towers over one candidate id table. For friend graphs the candidate side is the user tower itself
     (candidates are users) and the user id field shares the candidate table too."""
 
-    def __init__(self, data: InteractionData, dim: int) -> None:
+    def __init__(
+        self,
+        data: InteractionData,
+        dim: int,
+        propagation_layers: int = 0,
+        propagation_weight: float = 1.0,
+        symmetric_propagation: bool = False,
+    ) -> None:
         super().__init__()
-        self.candidate_ids = id_table(data.num_candidates + 1, dim)
+        rows = data.num_candidates + 1
+        propagation = (
+            Propagation(data.train, data.num_users, rows, propagation_layers, propagation_weight, symmetric_propagation)
+            if propagation_layers
+            else None
+        )
+        self.candidate_ids = CandidateTable(rows, dim, propagation)
         shared = set(data.history_fields) | ({USER_ID} if data.candidates_are_users else set())
         self.user = UserTower(data.feature_spec, self.candidate_ids, dim, frozenset(shared))
         self.candidate = (

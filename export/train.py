@@ -32,7 +32,9 @@ class DivergedError(RuntimeError):
 class TrainConfig:
     """`objective` picks the preset: `retrieval` alone, or `ssmtl` = retrieval + the fixed-weight
     `cca_weight`·CCA-SSG + `mae_weight`·masked reconstruction. `logq_weight` scales the log-q correction:
-    above 1 it over-corrects, which leaves popular candidates ranked higher than the full softmax would."""
+    above 1 it over-corrects, which leaves popular candidates ranked higher than the full softmax would.
+    `propagation_layers` > 0 propagates the candidate id table over the train graph (see `Propagation`), with
+    means or, `symmetric_propagation`, LightGCN's symmetric weights."""
 
     dim: int = 64
     epochs: int = 4
@@ -58,6 +60,9 @@ class TrainConfig:
     user_id_rows: bool = True
     history_dropout: float = 0.0
     embedding_l2: float = 0.0
+    propagation_layers: int = 0
+    propagation_weight: float = 1.0
+    symmetric_propagation: bool = False
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -160,6 +165,7 @@ class Step:
 
     def loss(self, batch: np.ndarray) -> torch.Tensor:
         config, tower = self.config, self.model.user
+        self.model.candidate_ids.refresh()
         users, positives = batch[:, 0], batch[:, 1]
         looked = tower.encoder.lookup(self._inputs(users, exclude=positives))
         parts = tower.encoder.pool(looked)
@@ -231,7 +237,9 @@ class Optimisation:
 
     def __init__(self, data: InteractionData, config: TrainConfig, total_steps: int) -> None:
         torch.manual_seed(config.seed)
-        self.model = TwoTower(data, config.dim)
+        self.model = TwoTower(
+            data, config.dim, config.propagation_layers, config.propagation_weight, config.symmetric_propagation
+        )
         self.step = Step(data, self.model, config)
         parameters = [*self.model.parameters()]
         if config.self_supervised:
@@ -276,6 +284,8 @@ def train(data: InteractionData, config: TrainConfig) -> Trained:
                 total += value
                 progress.advance(note=f"epoch {epoch + 1} loss {value:.3f}")
             losses.append(total / steps)
+    with torch.no_grad():
+        optimisation.model.candidate_ids.refresh()
     seconds = (time.monotonic() - started) / config.epochs
     return Trained(optimisation.model.eval(), config, seconds, losses)
 

@@ -76,6 +76,18 @@ def test_without_user_id_rows_the_tower_embeds_users_from_their_history_alone(da
     assert result.metrics["recall@20"] > popularity_recall(data)
 
 
+def test_a_propagated_candidate_table_trains_and_is_served_as_trained(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config = TrainConfig(epochs=3, dim=32, seed=1, user_id_rows=False, propagation_layers=1, propagation_weight=0.5)
+    result = run_export(data, config, tmp_path)
+    table = result.trained.model.candidate_ids
+    assert table.propagated is not None and not table.propagated.requires_grad
+    propagated = table.propagation(table.ids.weight.detach())  # type: ignore[misc]
+    assert torch.allclose(table.propagated, propagated)
+    assert not torch.allclose(table.propagated, table.ids.weight.detach())
+    assert result.metrics["onnx_parity"] <= 1e-5
+    assert result.metrics["recall@20"] > 1.25 * popularity_recall(data)
+
+
 def test_step_seconds_times_each_configuration_in_turn(data) -> None:  # type: ignore[no-untyped-def]
     configs = [TrainConfig(dim=16, batch_size=256, objective=o) for o in ("retrieval", "ssmtl")]
     seconds = step_seconds(data, configs, steps=3, rounds=2)
