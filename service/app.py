@@ -269,6 +269,7 @@ def create_app(settings: Settings) -> ASGIApp:
             yield
         finally:
             restore()
+            watcher.stop()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

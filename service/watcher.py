@@ -55,6 +55,13 @@ class Watcher:
         self.reconnects = 0
         self._wake = asyncio.Event()
         self._reports: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    def stop(self) -> None:
+        """End the follower at its next turn. Cancelling its task is not enough on Python 3.11: a cancellation
+        that lands as one of redis-py's `asyncio.wait_for` calls completes is lost (python/cpython#86296), and
+        the follower then loops on and holds the shutdown until the process is killed."""
+        self._stopping = True
 
     def offer(self, pointer: Pointer | None, source: str) -> None:
         """Note a pointer seen anywhere; the loader acts on the newest."""
@@ -108,13 +115,13 @@ class Watcher:
 
     async def run_follower(self) -> None:
         if self.client is None:
-            while True:
+            while not self._stopping:
                 self.offer(self._local_pointer(), "local")
                 await asyncio.sleep(self.poll_interval)
         # The local CURRENT is where a replica starts from when Redis has no pointer or cannot be reached.
         self.offer(self._local_pointer(), "local")
         backoff = 0.1
-        while True:
+        while not self._stopping:
             try:
                 await self._follow_redis()
             except Exception as e:
@@ -137,7 +144,7 @@ class Watcher:
             self.state = "connected"
             await self._read_key("reconnect")
             await self.report()
-            while True:
+            while not self._stopping:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.poll_interval)
                 if message is not None and message.get("type") == "message":
                     # An event is a hint: one that does not parse only sends the replica to the key.

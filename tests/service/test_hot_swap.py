@@ -321,20 +321,24 @@ def test_the_fleet_view_counts_live_replicas_only_and_survives_a_garbled_report(
     assert status["fleet_serving_published"] == 1
 
 
+def wait_for_fleet_serving_published(server: Server, replicas: int) -> dict[str, dict[str, object]]:
+    deadline = time.monotonic() + 60
+    while True:
+        status = admin_status(server)
+        fleet = status["fleet"]
+        if status["fleet_serving_published"] == replicas:
+            return fleet  # type: ignore[return-value]
+        assert time.monotonic() < deadline, fleet
+        time.sleep(0.2)
+
+
 def test_each_worker_follows_on_its_own_and_reports_to_the_fleet(
     store: Path, redis_server: RedisServer, redis_prefix: str, server_factory: ServerFactory
 ) -> None:
     server = start(server_factory, store, redis_server, redis_prefix, workers="2")
     publish(LocalStore(store), V2, redis_server.client(), redis_prefix)
-    deadline = time.monotonic() + 60
-    while True:
-        status = admin_status(server)
-        fleet = status["fleet"]
-        if status["fleet_serving_published"] == 2:
-            break
-        assert time.monotonic() < deadline, fleet
-        time.sleep(0.2)
-    assert len(fleet) == 2  # type: ignore[arg-type]
+    fleet = wait_for_fleet_serving_published(server, 2)
+    assert len(fleet) == 2
     assert {r["state"] for r in fleet.values()} == {"serving"}  # type: ignore[attr-defined]
 
     sent = 40
@@ -347,6 +351,22 @@ def test_each_worker_follows_on_its_own_and_reports_to_the_fleet(
         if line.startswith('ebr_request_seconds_count{route="/v1/retrieve",status="200"}')
     )
     assert counted == sent  # both workers' requests, whichever worker answered the scrape
+
+
+def test_sigterm_ends_every_worker_following_redis_and_each_reports_itself_stopped(
+    store: Path, redis_server: RedisServer, redis_prefix: str, server_factory: ServerFactory
+) -> None:
+    server = start(server_factory, store, redis_server, redis_prefix, workers="2")
+    wait_for_fleet_serving_published(server, 2)
+    workers = psutil.Process(server.process.pid).children(recursive=True)
+
+    server.process.terminate()
+    # Without Watcher.stop a worker's follower could swallow the cancel and hold the shutdown for good.
+    assert server.process.wait(timeout=20) == 0
+    _, still_running = psutil.wait_procs(workers, timeout=10)
+    assert still_running == []
+    reports = redis_server.client().hvals(replicas_key(redis_prefix))
+    assert [json.loads(report)["state"] for report in reports] == ["stopped", "stopped"]
 
 
 def test_a_garbled_event_sends_the_replica_to_the_key_without_reconnecting(
