@@ -57,7 +57,7 @@ class RecallMonitor:
         )
         self._busy = threading.Semaphore(1)
 
-    def offer(self, snapshot: Snapshot, queries: np.ndarray, served: list[list[int] | None]) -> None:
+    def offer(self, snapshot: Snapshot, queries: np.ndarray, served: list[np.ndarray | None]) -> None:
         """Maybe check one query of a batch; never queues more than one check, never blocks.
 
         `served[i]` holds the ids answered to query i, or None where exclusions make it incomparable.
@@ -67,14 +67,14 @@ class RecallMonitor:
         now = time.monotonic()
         if now < self._next_check:
             return
-        comparable = [i for i, ids in enumerate(served) if ids]
+        comparable = [i for i, ids in enumerate(served) if ids is not None and len(ids)]
         if not comparable or not self._busy.acquire(blocking=False):
             return
         self._next_check = now + self.min_interval_s
         pick = self._random.choice(comparable)
         ids = served[pick]
         assert ids is not None
-        self._executor.submit(self._check, snapshot, queries[pick : pick + 1].copy(), np.asarray(ids))
+        self._executor.submit(self._check, snapshot, queries[pick : pick + 1].copy(), ids)
 
     def _check(self, snapshot: Snapshot, query: np.ndarray, served_ids: np.ndarray) -> None:
         try:

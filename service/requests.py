@@ -44,7 +44,10 @@ def retrieve_request_model(k_default: int, k_max: int, max_exclude: int) -> type
             Field(description="user features, as the serving snapshot's spec names them"),
         ),
         k=(Annotated[int, Field(ge=1, le=k_max)], k_default),
-        exclude_ids=(list[int], Field([], max_length=max_exclude, description="candidate ids never returned")),
+        exclude_ids=(
+            list[int],
+            Field(default_factory=list, max_length=max_exclude, description="candidate ids never returned"),
+        ),
     )
 
 

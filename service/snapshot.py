@@ -23,8 +23,10 @@ class QualityGateError(Exception):
 
 @dataclass(frozen=True)
 class Hits:
-    ids: list[int]
-    scores: list[float]
+    """One query's answer as numpy rows: they serialise straight to JSON, with no Python number per hit."""
+
+    ids: np.ndarray
+    scores: np.ndarray
 
 
 @dataclass
@@ -62,18 +64,16 @@ class Snapshot:
         for fetch in sorted(set(fetches)):
             members = [i for i, f in enumerate(fetches) if f == fetch]
             scores, rows = search(self.index, queries[members], fetch, self.params)
-            ids = np.where(rows >= 0, self.bundle.candidate_ids[np.maximum(rows, 0)], -1)
-            # Whole rows to Python lists in one call each: per-query numpy work costs more than the search.
-            id_lists: list[list[int]] = ids.tolist()
-            score_lists: list[list[float]] = scores.tolist()
-            complete: list[bool] = np.all(rows >= 0, axis=1).tolist()
+            found: np.ndarray = rows >= 0
+            ids = self.bundle.candidate_ids.take(np.maximum(rows, 0))
+            complete = np.all(found, axis=1)
             for n, i in enumerate(members):
                 k = ks[i]
                 if not excludes[i] and complete[n]:
-                    out[i] = Hits(id_lists[n][:k], score_lists[n][:k])
+                    out[i] = Hits(ids[n, :k], scores[n, :k])
                     continue
-                keep = [j for j, c in enumerate(id_lists[n]) if c >= 0 and c not in excludes[i]][:k]
-                out[i] = Hits([id_lists[n][j] for j in keep], [score_lists[n][j] for j in keep])
+                keep = found[n] & ~np.isin(ids[n], np.fromiter(excludes[i], np.int64, len(excludes[i])))
+                out[i] = Hits(ids[n][keep][:k], scores[n][keep][:k])
         return [h for h in out if h is not None]
 
     def warm_up(self, requests: int = 16) -> None:

@@ -117,6 +117,39 @@ def test_health_snapshot_and_metrics(client: TestClient) -> None:
     assert 'ebr_request_seconds_count{route="/v1/retrieve",status="200"}' in metrics
 
 
+def test_refused_requests_carry_a_request_id_and_are_counted_by_status(client: TestClient) -> None:
+    response = client.post(
+        "/v1/retrieve", json={"features": {**GOOD, "region": 10**6}}, headers={"X-Request-Id": "trace-7"}
+    )
+    assert response.status_code == 422
+    assert response.headers["x-request-id"] == "trace-7"
+    assert "total;dur=" in response.headers["server-timing"]
+    client.get("/livez")
+    metrics = client.get("/metrics").text
+    assert 'ebr_request_seconds_count{route="/v1/retrieve",status="422"} 1.0' in metrics
+    assert 'ebr_request_seconds_count{route="/livez",status="200"} 1.0' in metrics
+
+
+def test_a_client_gone_before_its_body_is_counted_as_499_and_sent_nothing(store: Path) -> None:
+    app = create_app(Settings(store=store, device="cpu"))
+    sent: list[object] = []
+
+    async def gone() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: object) -> None:
+        sent.append(message)
+
+    with TestClient(app) as client:
+        wait_ready(client)
+        headers = [(b"content-type", b"application/json")]
+        scope = {"type": "http", "method": "POST", "path": "/v1/retrieve", "headers": headers}
+        client.portal.call(app, scope, gone, send)  # type: ignore[union-attr]
+        metrics = client.get("/metrics").text
+    assert sent == []
+    assert 'ebr_request_seconds_count{route="/v1/retrieve",status="499"} 1.0' in metrics
+
+
 def test_admin_needs_the_bearer_token(client: TestClient) -> None:
     assert client.get("/admin/status").status_code == 401
     assert client.get("/admin/status", headers={"Authorization": "Bearer wrong"}).status_code == 401

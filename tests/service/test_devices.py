@@ -47,6 +47,6 @@ def test_gpu_top_k_matches_the_cpu(store: Path) -> None:
     cpu_queries, gpu_queries = cpu.embed(requests), gpu.embed(requests)
     assert np.abs(cpu_queries - gpu_queries).max() <= 1e-4
     k = 50
-    cpu_ids = [h.ids for h in cpu.search(cpu_queries, [k] * 64, [frozenset()] * 64)]
-    gpu_ids = [h.ids for h in gpu.search(gpu_queries, [k] * 64, [frozenset()] * 64)]
+    cpu_ids = [h.ids.tolist() for h in cpu.search(cpu_queries, [k] * 64, [frozenset()] * 64)]
+    gpu_ids = [h.ids.tolist() for h in gpu.search(gpu_queries, [k] * 64, [frozenset()] * 64)]
     assert recall_at_k(np.array(cpu_ids), np.array(gpu_ids)) >= 0.9

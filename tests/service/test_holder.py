@@ -176,8 +176,8 @@ def test_a_memory_mapped_index_answers_like_a_loaded_one(store: Path) -> None:
     assert golden is not None
     queries = loaded.bundle.session.run(["embedding"], golden.inputs)[0]
     ks, excludes = [20] * len(queries), [frozenset[int]()] * len(queries)
-    assert [h.ids for h in mapped.search(queries, ks, excludes)] == [
-        h.ids for h in loaded.search(queries, ks, excludes)
+    assert [h.ids.tolist() for h in mapped.search(queries, ks, excludes)] == [
+        h.ids.tolist() for h in loaded.search(queries, ks, excludes)
     ]
     maps = Path(f"/proc/{os.getpid()}/maps").read_text()
     assert str(store / V1 / INDEX_NAME) in maps

@@ -56,7 +56,7 @@ def test_checks_are_spaced_in_time(store: Path) -> None:
     monitor = RecallMonitor(Metrics(), sample_rate=1.0, min_interval_s=60.0)
     request = validate_features(snapshot.manifest.feature_spec, {"region": 1, "history": [3]})
     queries = snapshot.embed([request] * 4)
-    served: list[list[int] | None] = [h.ids for h in snapshot.search(queries, [10] * 4, [frozenset()] * 4)]
+    served: list[np.ndarray | None] = [h.ids for h in snapshot.search(queries, [10] * 4, [frozenset()] * 4)]
     for _ in range(50):
         monitor.offer(snapshot, queries, served)
     deadline = time.monotonic() + 10
