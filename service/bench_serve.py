@@ -12,6 +12,7 @@ thousands of requests a second on two cores; the bench installs nothing and stop
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -25,21 +26,24 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated
 
+import faiss
 import httpx
 import numpy as np
 import psutil
 import typer
 
-from index.bundle import SnapshotError, read_manifest, verify_files
+from index.bundle import SnapshotError, open_bundle, read_manifest, verify_files
 from index.export_dir import read_export
 from index.manifest import Manifest
 from index.publish import publish
+from index.search import search, search_parameters
 from index.snapshot import build_snapshot
 from index.store import LocalStore
+from service.http import HTTP_PROTOCOL
 from service.payloads import random_features
 from service.reference import BUNDLE_VARIABLE
 from service.settings import Settings
@@ -88,6 +92,9 @@ class Measured:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int = 0
+    server_cpu_us: float = 0.0
+    machine_cpu_us: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,9 @@ def _median(phases: list[Measured]) -> Measured:
         p50_ms=statistics.median(m.p50_ms for m in phases),
         p99_ms=statistics.median(m.p99_ms for m in phases),
         errors=sum(m.errors for m in phases),
+        requests=sum(m.requests for m in phases),
+        server_cpu_us=statistics.median(m.server_cpu_us for m in phases),
+        machine_cpu_us=statistics.median(m.machine_cpu_us for m in phases),
     )
 
 
@@ -160,13 +170,17 @@ def write_payloads(folder: Path, manifest: Manifest, k: int) -> tuple[Path, list
 
 
 def server_command(app: str, port: int, workers: int) -> list[str]:
+    """ebr as users run it; the reference on uvicorn's defaults; the floor on the HTTP set-up `ebr serve` uses."""
     if app == "ebr":
         return [str(BIN / "ebr"), "serve"]
     factory = {"reference": "service.reference:reference_from_environment", "floor": "service.reference:floor_app"}
-    return [
+    command = [
         *(sys.executable, "-m", "uvicorn", factory[app], "--factory", "--host", "127.0.0.1", "--port", str(port)),
         *("--workers", str(workers), "--log-level", "warning", "--no-access-log"),
     ]
+    if app == "floor":
+        command += ["--http", HTTP_PROTOCOL, "--no-proxy-headers", "--no-server-header"]
+    return command
 
 
 def server_environment(bundle: Path, port: int, workers: int, threads: int) -> dict[str, str]:
@@ -244,6 +258,33 @@ def worker_memory_mb(process: subprocess.Popen[bytes]) -> tuple[float, float]:
     return float(np.mean([i.rss for i in infos]) / 2**20), float(np.mean([i.pss for i in infos]) / 2**20)
 
 
+def server_cpu_seconds(process: subprocess.Popen[bytes]) -> float:
+    """User and system CPU time of a server's supervisor and workers so far."""
+    root = psutil.Process(process.pid)
+    total = 0.0
+    for member in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = member.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def machine_busy_seconds() -> float:
+    """CPU time every core of the machine has spent not idle: servers, wrk, kernel and anything else."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0) - getattr(times, "steal", 0.0))
+
+
+def run_load(server: Server, script: Path, connections: int, threads: int, seconds: float) -> Measured:
+    """A wrk phase, with the CPU it cost per request: in the server's processes, and on the whole machine."""
+    server_before, machine_before = server_cpu_seconds(server.process), machine_busy_seconds()
+    measured = run_wrk(server.url, script, connections, threads, seconds)
+    server_used = server_cpu_seconds(server.process) - server_before
+    machine_used = machine_busy_seconds() - machine_before
+    per_request = 1e6 / max(measured.requests, 1)
+    return replace(measured, server_cpu_us=server_used * per_request, machine_cpu_us=machine_used * per_request)
+
+
 def run_wrk(url: str, script: Path, connections: int, threads: int, seconds: float) -> Measured:
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "-s", str(script), f"{url}/v1/retrieve"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True)
@@ -256,7 +297,27 @@ def run_wrk(url: str, script: Path, connections: int, threads: int, seconds: flo
         p50_ms=raw["p50_us"] / 1000,
         p99_ms=raw["p99_us"] / 1000,
         errors=raw["errors"],
+        requests=raw["requests"],
     )
+
+
+def search_cost_us(bundle: Path, batch: int = 8, seconds: float = 1.0) -> float:
+    """Microseconds per query of the bundle's index alone, on its golden queries in small batches, one thread:
+    the part of every request's cost that no serving code can remove."""
+    opened = open_bundle(bundle, threads=1)
+    golden = opened.golden
+    if golden is None:
+        raise RuntimeError(f"{bundle} has no golden queries to time the search with")
+    queries = np.asarray(opened.session.run([opened.manifest.feature_spec.output], golden.inputs)[0], np.float32)
+    params = search_parameters(opened.index, opened.manifest.search_defaults)
+    k = golden.exact_rows.shape[1]
+    faiss.omp_set_num_threads(1)
+    searched, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for first in range(0, len(queries) - batch + 1, batch):
+            search(opened.index, queries[first : first + batch], k, params)
+            searched += batch
+    return (time.perf_counter() - started) / max(searched, 1) * 1e6
 
 
 def sample_answers(url: str, bodies: list[bytes], count: int = 16) -> list[list[int]]:
@@ -298,7 +359,7 @@ def measure(servers: dict[str, Server], script: Path, load: Load) -> dict[str, R
         for app in order:
             url = servers[app].url
             lights[app].append(run_wrk(url, script, 1, 1, load.light_seconds))
-            loads[app].append(run_wrk(url, script, load.connections, load.wrk_threads, load.seconds))
+            loads[app].append(run_load(servers[app], script, load.connections, load.wrk_threads, load.seconds))
     results = {}
     for app, server in servers.items():
         rss, pss = worker_memory_mb(server.process)
@@ -320,12 +381,14 @@ def free_port() -> int:
 
 def format_results(results: dict[str, Result], workers: int) -> str:
     header = f"{'app':>9}  {'workers':>7}  {'req/s':>8}  {'p50 ms':>7}  {'p99 ms':>7}  {'light p50 ms':>12}"
-    header += f"  {'errors':>6}  {'RSS/worker MB':>13}  {'PSS/worker MB':>13}"
+    header += f"  {'errors':>6}  {'RSS/worker MB':>13}  {'PSS/worker MB':>13}  {'server CPU us/req':>17}"
+    header += f"  {'machine CPU us/req':>18}"
     lines = [header]
     for r in results.values():
         lines.append(
             f"{r.app:>9}  {workers:>7}  {r.load.requests_per_s:>8.0f}  {r.load.p50_ms:>7.2f}  {r.load.p99_ms:>7.2f}"
             f"  {r.light.p50_ms:>12.2f}  {r.load.errors + r.light.errors:>6}  {r.rss_mb:>13.0f}  {r.pss_mb:>13.0f}"
+            f"  {r.load.server_cpu_us:>17.0f}  {r.load.machine_cpu_us:>18.0f}"
         )
     ebr, ref, floor = results["ebr"], results["reference"], results["floor"]
     ratios = throughput_ratios(results)
@@ -336,6 +399,9 @@ def format_results(results: dict[str, Result], workers: int) -> str:
         f"ebr / reference: throughput {statistics.median(ratios):.2f}x (median of rounds), "
         f"p50 {ebr.load.p50_ms / ref.load.p50_ms:.2f}x, p99 {ebr.load.p99_ms / ref.load.p99_ms:.2f}x",
         f"ebr / floor: throughput {ebr.load.requests_per_s / floor.load.requests_per_s:.2f} of the HTTP floor",
+        f"CPU per request under load (median of rounds): 4x the reference leaves ebr "
+        f"{ref.load.machine_cpu_us / 4:.0f} us of the machine; ebr used {ebr.load.machine_cpu_us:.0f}, of which "
+        f"the HTTP floor (server and wrk) takes {floor.load.machine_cpu_us:.0f}",
     ]
     return "\n".join(lines)
 
@@ -381,6 +447,7 @@ def bench_serve_command(
         f"(light: -t1 -c1 for {light_seconds:g}s) per app, "
         f"k={k}, {workers} worker(s) x {threads} thread(s), {os.cpu_count()} CPUs shared with wrk"
     )
+    typer.echo(f"the index alone: {search_cost_us(bundle):.0f} us per query (batches of 8, one thread, k={report.k})")
     ebr_settings = Settings()
     typer.echo(
         f"ebr batching: max_batch_size={ebr_settings.max_batch_size}, "

@@ -16,6 +16,7 @@ from index.commands import BENCH_HELP, command_group
 from index.store import LocalStore
 from service.bench_serve import bench_serve_command
 from service.bench_swap import bench_swap_command
+from service.http import HTTP_PROTOCOL
 from service.metrics import MULTIPROCESS_DIR
 from service.payloads import example_payload
 from service.settings import Settings
@@ -51,6 +52,7 @@ def serve_command() -> None:
             # ebr reads no client address and names itself in no header: both cost per request under load.
             proxy_headers=False,
             server_header=False,
+            http=HTTP_PROTOCOL,
             timeout_graceful_shutdown=30,
         )
 

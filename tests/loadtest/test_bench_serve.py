@@ -95,5 +95,16 @@ def test_bench_serve_compares_ebr_with_the_reference_and_the_floor(tmp_path: Pat
     rows = {m.group(1): m.group(2).split() for m in re.finditer(r"^\s*(reference|ebr|floor)\s+(\d.*)$", out, re.M)}
     assert set(rows) == {"reference", "ebr", "floor"}, out
     assert all(float(row[1]) > 0 and row[5] == "0" for row in rows.values()), out  # req/s, errors
+    server_cpu, machine_cpu = ({app: float(row[col]) for app, row in rows.items()} for col in (8, 9))
+    assert all(0 < server_cpu[app] < machine_cpu[app] for app in rows), out
+    assert server_cpu["floor"] < server_cpu["ebr"], out
+    budget = re.search(
+        r"4x the reference leaves ebr (\d+) us of the machine; ebr used (\d+), of which the HTTP floor", out
+    )
+    assert budget, out
+    assert abs(int(budget.group(1)) - machine_cpu["reference"] / 4) <= 1 and int(budget.group(2)) == round(
+        machine_cpu["ebr"]
+    ), out
+    assert re.search(r"the index alone: \d+ us per query", out), out
     assert re.search(r"agree on 1[0-6]/16 sampled answers", out), out
     assert bench_servers() == []
