@@ -1,6 +1,6 @@
-"""`ebr bench serve`: ebr beside a straightforward reference and the HTTP floor, under the same wrk load.
+"""`ebr bench serve`: ebr beside a straightforward reference, a bare batching app and the HTTP floor, under one load.
 
-The three serve at once on loopback, with the same workers, threads and load, on one synthetic bundle
+The four serve at once on loopback, with the same workers, threads and load, on one synthetic bundle
 (cached under `.ebr/bench/`), and are driven one at a time, in turns: each round gives each a light phase
 (one connection: the p50 a lone client sees) and a load phase (the throughput, p50 and p99 under
 concurrency), in an order that reverses every round. A shared machine's speed drifts by more than the
@@ -48,7 +48,7 @@ from service.payloads import random_features
 from service.reference import BUNDLE_VARIABLE
 from service.settings import Settings
 
-APPS = ("reference", "ebr", "floor")
+APPS = ("reference", "ebr", "bare", "floor")
 WRK_INSTALL = "apt-get update && apt-get install -y wrk"
 BIN = Path(sys.executable).parent
 PAYLOADS = 512
@@ -170,15 +170,19 @@ def write_payloads(folder: Path, manifest: Manifest, k: int) -> tuple[Path, list
 
 
 def server_command(app: str, port: int, workers: int) -> list[str]:
-    """ebr as users run it; the reference on uvicorn's defaults; the floor on the HTTP set-up `ebr serve` uses."""
+    """ebr as users run it; the reference on uvicorn's defaults; bare and floor on the HTTP set-up of `ebr serve`."""
     if app == "ebr":
         return [str(BIN / "ebr"), "serve"]
-    factory = {"reference": "service.reference:reference_from_environment", "floor": "service.reference:floor_app"}
+    factory = {
+        "reference": "service.reference:reference_from_environment",
+        "bare": "service.reference:bare_from_environment",
+        "floor": "service.reference:floor_app",
+    }
     command = [
         *(sys.executable, "-m", "uvicorn", factory[app], "--factory", "--host", "127.0.0.1", "--port", str(port)),
         *("--workers", str(workers), "--log-level", "warning", "--no-access-log"),
     ]
-    if app == "floor":
+    if app in ("bare", "floor"):
         command += ["--http", HTTP_PROTOCOL, "--no-proxy-headers", "--no-server-header"]
     return command
 
@@ -333,7 +337,7 @@ def sample_answers(url: str, bodies: list[bytes], count: int = 16) -> list[list[
 
 @contextmanager
 def serving(bundle: Path, workers: int, threads: int, folder: Path) -> Iterator[dict[str, Server]]:
-    """All three apps started and ready, each on its own port; all stopped on the way out."""
+    """All four apps started and ready, each on its own port; all stopped on the way out."""
     servers: dict[str, Server] = {}
     try:
         for app in APPS:
@@ -367,9 +371,9 @@ def measure(servers: dict[str, Server], script: Path, load: Load) -> dict[str, R
     return results
 
 
-def throughput_ratios(results: dict[str, Result]) -> list[float]:
-    """ebr's throughput over the reference's, round by round."""
-    pairs = zip(results["ebr"].loads, results["reference"].loads, strict=True)
+def throughput_ratios(results: dict[str, Result], app: str = "ebr") -> list[float]:
+    """An app's throughput over the reference's, round by round."""
+    pairs = zip(results[app].loads, results["reference"].loads, strict=True)
     return [ebr.requests_per_s / ref.requests_per_s for ebr, ref in pairs]
 
 
@@ -390,8 +394,9 @@ def format_results(results: dict[str, Result], workers: int) -> str:
             f"  {r.light.p50_ms:>12.2f}  {r.load.errors + r.light.errors:>6}  {r.rss_mb:>13.0f}  {r.pss_mb:>13.0f}"
             f"  {r.load.server_cpu_us:>17.0f}  {r.load.machine_cpu_us:>18.0f}"
         )
-    ebr, ref, floor = results["ebr"], results["reference"], results["floor"]
+    ebr, ref, bare, floor = results["ebr"], results["reference"], results["bare"], results["floor"]
     ratios = throughput_ratios(results)
+    bare_ratio = statistics.median(throughput_ratios(results, "bare"))
     lines += [
         "",
         f"medians over {len(ratios)} round(s); ebr / reference throughput per round: "
@@ -399,9 +404,12 @@ def format_results(results: dict[str, Result], workers: int) -> str:
         f"ebr / reference: throughput {statistics.median(ratios):.2f}x (median of rounds), "
         f"p50 {ebr.load.p50_ms / ref.load.p50_ms:.2f}x, p99 {ebr.load.p99_ms / ref.load.p99_ms:.2f}x",
         f"ebr / floor: throughput {ebr.load.requests_per_s / floor.load.requests_per_s:.2f} of the HTTP floor",
+        f"bare / reference: throughput {bare_ratio:.2f}x (median of rounds), the ceiling of a batching app without "
+        f"ebr's checks on this server; ebr reaches {ebr.load.requests_per_s / bare.load.requests_per_s:.2f} of it",
         f"CPU per request under load (median of rounds): 4x the reference leaves ebr "
-        f"{ref.load.machine_cpu_us / 4:.0f} us of the machine; ebr used {ebr.load.machine_cpu_us:.0f}, of which "
-        f"the HTTP floor (server and wrk) takes {floor.load.machine_cpu_us:.0f}",
+        f"{ref.load.machine_cpu_us / 4:.0f} us of the machine; ebr used {ebr.load.machine_cpu_us:.0f}, bare "
+        f"{bare.load.machine_cpu_us:.0f}, of which the HTTP floor (server and wrk) takes "
+        f"{floor.load.machine_cpu_us:.0f}",
     ]
     return "\n".join(lines)
 
@@ -420,7 +428,7 @@ def target_lines(results: dict[str, Result]) -> list[str]:
 
 def bench_serve_command(
     candidates: Annotated[int, typer.Option(help="candidates in the synthetic bundle")] = 1_000_000,
-    workers: Annotated[int, typer.Option(help="server worker processes, the same for all three")] = 2,
+    workers: Annotated[int, typer.Option(help="server worker processes, the same for all four")] = 2,
     threads: Annotated[int, typer.Option(help="ONNX Runtime, FAISS and OpenMP threads per worker")] = 1,
     connections: Annotated[int, typer.Option(help="wrk connections in the load phase")] = 16,
     wrk_threads: Annotated[int, typer.Option(help="wrk threads")] = 1,
@@ -457,7 +465,7 @@ def bench_serve_command(
     with tempfile.TemporaryDirectory(prefix="ebr-bench-") as scratch:
         folder = Path(scratch)
         script, bodies = write_payloads(folder, manifest, k)
-        typer.echo("starting the reference, ebr and the floor ...")
+        typer.echo("starting the reference, ebr, the bare app and the floor ...")
         with serving(bundle, workers, threads, folder) as servers:
             answers = {app: sample_answers(servers[app].url, bodies) for app in ("ebr", "reference")}
             results = measure(servers, script, load)

@@ -1,4 +1,5 @@
-"""The serving benchmark's comparison apps: a straightforward reference, and the HTTP floor that does no work.
+"""The serving benchmark's comparison apps: a straightforward reference, a bare batching app, and the HTTP
+floor that does no work.
 
 The reference is what one would write first: FastAPI parses the body into a pydantic model, a synchronous
 endpoint (so FastAPI runs it on its thread pool) runs one tower call and one search per request, and the
@@ -6,11 +7,16 @@ returned dict goes through FastAPI's default JSON encoding. It opens the same bu
 validation and the same search defaults, so both give the same answers. The floor reads the body and sends
 a fixed answer of a typical size: no app can beat it with the same server and workers.
 
-Both are uvicorn factories configured from the environment, as `ebr serve` is.
+The bare app is the ceiling for ebr's design: it batches concurrent requests into one tower call and one
+search on the same snapshot code as ebr, and does nothing else (no validation, deadline, backpressure,
+metrics, request id or timing header). What ebr does per request beyond it is what those cost.
+
+All are uvicorn factories configured from the environment, as `ebr serve` is.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -18,13 +24,16 @@ from typing import Any
 
 import faiss
 import numpy as np
+import orjson
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 from starlette.types import Receive, Scope, Send
 
 from index.bundle import open_bundle
 from index.search import search, search_parameters
-from service.validation import FeatureError, encode_batch, validate_features
+from service.devices import choose_placement
+from service.snapshot import Hits, load_snapshot
+from service.validation import Encoded, FeatureError, absent_value, encode_batch, validate_features
 
 BUNDLE_VARIABLE = "EBR_BENCH_BUNDLE"
 
@@ -70,6 +79,55 @@ def reference_from_environment() -> FastAPI:
     return reference_app(Path(os.environ[BUNDLE_VARIABLE]), int(os.environ.get("EBR_THREADS", "1")))
 
 
+def bare_app(bundle_path: Path, threads: int) -> Any:
+    """Requests parsed with orjson and taken as valid, batched per event-loop turn, answered from numpy rows."""
+    faiss.omp_set_num_threads(threads)
+    snapshot = load_snapshot(bundle_path, choose_placement("cpu"), threads, mmap_index=True)
+    spec = snapshot.manifest.feature_spec
+    absent = {field.name: absent_value(field) for field in spec.fields}
+    waiting: list[tuple[Encoded, int, asyncio.Future[Hits]]] = []
+    json_header = (b"content-type", b"application/json")
+
+    def run_batch() -> None:
+        batch = waiting[:]
+        waiting.clear()
+        queries = snapshot.embed([features for features, _, _ in batch])
+        hits = snapshot.search(queries, [k for _, k, _ in batch], [frozenset()] * len(batch))
+        for (_, _, answered), found in zip(batch, hits, strict=True):
+            answered.set_result(found)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["path"] == "/readyz":
+            payload = orjson.dumps({"status": "ready", "snapshot": snapshot.version})
+        else:
+            body = orjson.loads((await receive())["body"])
+            answered: asyncio.Future[Hits] = asyncio.get_running_loop().create_future()
+            if not waiting:
+                asyncio.get_running_loop().call_soon(run_batch)
+            waiting.append((absent | body["features"], body.get("k", 100), answered))
+            found = await answered
+            answer = {"ids": found.ids, "scores": found.scores, "snapshot": snapshot.version}
+            payload = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
+        headers = [json_header, (b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    return app
+
+
+def bare_from_environment() -> Any:
+    return bare_app(Path(os.environ[BUNDLE_VARIABLE]), int(os.environ.get("EBR_THREADS", "1")))
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+
+
 def floor_app(k: int = 100) -> Any:
     """A bare ASGI app: drain the request body, answer every path with the same bytes."""
     body = json.dumps({"ids": list(range(1_000_000, 1_000_000 + k)), "scores": [0.5] * k, "snapshot": "floor"})
@@ -78,9 +136,7 @@ def floor_app(k: int = 100) -> Any:
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await _lifespan(receive, send)
             return
         more = True
         while more:

@@ -35,13 +35,14 @@ def validate_features(spec: FeatureSpec, features: dict[str, object]) -> Encoded
         if field.name not in features:
             if not field.optional:
                 raise FeatureError(loc, f"feature {field.name!r} is required", "missing")
-            out[field.name] = _absent(field)
+            out[field.name] = absent_value(field)
             continue
         out[field.name] = _check(field, features[field.name], loc)
     return out
 
 
-def _absent(field: FeatureField) -> int | float | list[int]:
+def absent_value(field: FeatureField) -> int | float | list[int]:
+    """What an optional feature left out of a request stands for: the unknown id, the default, no history."""
     if field.kind == "categorical":
         assert field.vocab_size is not None
         return field.vocab_size

@@ -22,7 +22,7 @@ from index.store import LocalStore
 from service.app import create_app
 from service.bench_bundle import write_synthetic_export
 from service.bench_serve import write_payloads
-from service.reference import floor_app, reference_app
+from service.reference import bare_app, floor_app, reference_app
 from service.settings import Settings
 from tests.conftest import bench_servers, needs_wrk, run_bench
 
@@ -60,6 +60,22 @@ def test_the_reference_gives_ebr_answers_to_the_bench_payloads(bundle: Path, tmp
         assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "features", "region"]
 
 
+def test_the_bare_app_gives_ebr_answers_to_the_bench_payloads(bundle: Path, tmp_path: Path) -> None:
+    _, bodies = write_payloads(tmp_path, read_manifest(bundle), k=20)
+    publish(LocalStore(bundle.parent), bundle.name, force=True)
+    ebr_app = create_app(Settings(store=bundle.parent, device="cpu", poll_interval_s=0.2))
+    with TestClient(bare_app(bundle, threads=1)) as bare, TestClient(ebr_app) as ebr:
+        deadline = time.monotonic() + 30
+        while ebr.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "ebr never became ready"
+            time.sleep(0.05)
+        assert bare.get("/readyz").json() == {"status": "ready", "snapshot": "20260101T000000Z"}
+        for raw in bodies[:8]:
+            answer = bare.post("/v1/retrieve", content=raw).json()
+            assert len(answer["ids"]) == 20
+            assert answer == ebr.post("/v1/retrieve", content=raw, headers={"Content-Type": "application/json"}).json()
+
+
 def test_the_floor_answers_every_request_with_the_same_bytes() -> None:
     with TestClient(floor_app(k=10)) as client:
         first = client.post("/v1/retrieve", content=b'{"features": {}}', headers={"Content-Type": "application/json"})
@@ -86,25 +102,30 @@ def test_without_wrk_the_bench_says_how_to_install_it(tmp_path: Path) -> None:
 def test_bench_serve_compares_ebr_with_the_reference_and_the_floor(tmp_path: Path) -> None:
     small = ("--candidates", "20000", "--seconds", "2", "--light-seconds", "1", "--rounds", "2")
     out = run_bench("serve", *small, "--cache", str(tmp_path))
-    assert re.search(r"round 1/2: reference, ebr, floor\n.*round 2/2: floor, ebr, reference", out, re.S), out
+    assert re.search(r"round 1/2: reference, ebr, bare, floor\n.*round 2/2: floor, bare, ebr, reference", out, re.S), (
+        out
+    )
     per_round = re.search(r"throughput per round: ([\d.]+)x, ([\d.]+)x\n", out)
     assert per_round, out
     median = re.search(r"ebr / reference: throughput ([\d.]+)x \(median of rounds\)", out)
     assert median, out
     assert abs(float(median.group(1)) - sum(map(float, per_round.groups())) / 2) < 0.01, out
-    rows = {m.group(1): m.group(2).split() for m in re.finditer(r"^\s*(reference|ebr|floor)\s+(\d.*)$", out, re.M)}
-    assert set(rows) == {"reference", "ebr", "floor"}, out
+    apps = r"^\s*(reference|ebr|bare|floor)\s+(\d.*)$"
+    rows = {m.group(1): m.group(2).split() for m in re.finditer(apps, out, re.M)}
+    assert set(rows) == {"reference", "ebr", "bare", "floor"}, out
     assert all(float(row[1]) > 0 and row[5] == "0" for row in rows.values()), out  # req/s, errors
     server_cpu, machine_cpu = ({app: float(row[col]) for app, row in rows.items()} for col in (8, 9))
     assert all(0 < server_cpu[app] < machine_cpu[app] for app in rows), out
-    assert server_cpu["floor"] < server_cpu["ebr"], out
+    assert server_cpu["floor"] < server_cpu["bare"] and server_cpu["floor"] < server_cpu["ebr"], out
     budget = re.search(
-        r"4x the reference leaves ebr (\d+) us of the machine; ebr used (\d+), of which the HTTP floor", out
+        r"4x the reference leaves ebr (\d+) us of the machine; ebr used (\d+), bare (\d+), of which the HTTP floor", out
     )
     assert budget, out
     assert abs(int(budget.group(1)) - machine_cpu["reference"] / 4) <= 1 and int(budget.group(2)) == round(
         machine_cpu["ebr"]
     ), out
+    assert int(budget.group(3)) == round(machine_cpu["bare"]), out
+    assert re.search(r"bare / reference: throughput [\d.]+x .*; ebr reaches [\d.]+ of it", out), out
     assert re.search(r"the index alone: \d+ us per query", out), out
     assert re.search(r"agree on 1[0-6]/16 sampled answers", out), out
     assert bench_servers() == []
