@@ -22,10 +22,12 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
+from pydantic_core import SchemaValidator
 from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from index.manifest import FeatureSpec
 from index.store import LocalStore
 from service.batching import Batcher
 from service.devices import Placement, choose_placement
@@ -47,12 +49,13 @@ from service.requests import (
     ReloadRequest,
     RetrieveResponse,
     SnapshotInfo,
+    accepting_validator,
     features_json_schema,
     retrieve_request_model,
 )
 from service.settings import Settings
 from service.snapshot import Snapshot
-from service.validation import validate_features
+from service.validation import Encoded, validate_features
 from service.watcher import Watcher
 
 log = structlog.get_logger(__name__)
@@ -352,20 +355,34 @@ def create_app(settings: Settings) -> ASGIApp:
         payload, headers = await answer(runtime_of(request), await read_body(request.receive, settings.max_body_bytes))
         return Response(payload, 200, headers=headers, media_type="application/json")
 
+    accepting: dict[FeatureSpec, SchemaValidator] = {}
+
+    def parse_request(spec: FeatureSpec, body_bytes: bytes) -> tuple[Encoded, int, list[int]]:
+        """The strict one-pass validator first; what it refuses, the full path parses or names the mistake of."""
+        validator = accepting.get(spec)
+        if validator is None:
+            validator = accepting[spec] = accepting_validator(
+                spec, settings.k_default, settings.k_max, settings.max_exclude
+            )
+        try:
+            parsed = validator.validate_json(body_bytes)
+            return parsed["features"], parsed["k"], parsed["exclude_ids"]
+        except ValidationError:
+            body = parse_body(retrieve_model, body_bytes)
+            return validate_features(spec, body.features), body.k, body.exclude_ids
+
     async def answer(runtime: Runtime, body_bytes: bytes) -> tuple[bytes, dict[str, str]]:
         """The retrieval itself, shared by the FastAPI route (for the schema) and the fast path."""
-        body = parse_body(retrieve_model, body_bytes)
         snapshot = runtime.holder.current
         if snapshot is None:
+            parse_body(retrieve_model, body_bytes)  # a malformed body is the client's mistake, ready or not
             raise NotReadyError("no snapshot is serving yet")
-        features = validate_features(snapshot.manifest.feature_spec, body.features)
+        features, k, exclude_ids = parse_request(snapshot.manifest.feature_spec, body_bytes)
         result = await runtime.batcher.submit(
             snapshot,
             features,
-            body.k,
-            frozenset(i for i in body.exclude_ids if INT64_MIN <= i <= INT64_MAX)
-            if body.exclude_ids
-            else NO_EXCLUSIONS,
+            k,
+            frozenset(i for i in exclude_ids if INT64_MIN <= i <= INT64_MAX) if exclude_ids else NO_EXCLUSIONS,
             settings.request_timeout_ms / 1000,
         )
         timings = result.timings

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic_core import SchemaValidator
+from pydantic_core import core_schema as cs
 
 from index.manifest import FeatureField, FeatureSpec
-from service.validation import FLOAT32_MAX
+from service.validation import FLOAT32_MAX, absent_value
 
 
 class RetrieveResponse(BaseModel):
@@ -69,3 +71,45 @@ def features_json_schema(spec: FeatureSpec) -> dict[str, Any]:
         "required": [f.name for f in spec.fields if not f.optional],
         "additionalProperties": False,
     }
+
+
+def accepting_validator(spec: FeatureSpec, k_default: int, k_max: int, max_exclude: int) -> SchemaValidator:
+    """One pass over the raw JSON that accepts a well-formed request and returns it encoded, optional features
+    filled in as `validate_features` fills them.
+
+    It is strict (no 2.0 for an id, no "5" for k), so it refuses some requests the full path accepts; whatever
+    it refuses goes through the full path, which accepts those and names the field of every mistake. It is
+    only ever a faster way to the same answer.
+    """
+
+    def field_schema(field: FeatureField) -> cs.CoreSchema:
+        if field.kind == "numeric":
+            return cs.float_schema(strict=True, allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)
+        identifier = cs.int_schema(strict=True, ge=0, lt=field.vocab_size)
+        if field.kind == "categorical":
+            return identifier
+        return cs.list_schema(identifier, max_length=field.max_length, strict=True)
+
+    def feature(field: FeatureField) -> cs.TypedDictField:
+        if not field.optional:
+            return cs.typed_dict_field(field_schema(field))
+        absent = absent_value(field)
+        filled = (
+            cs.with_default_schema(field_schema(field), default_factory=list)
+            if isinstance(absent, list)
+            else cs.with_default_schema(field_schema(field), default=absent)
+        )
+        return cs.typed_dict_field(filled, required=False)
+
+    features = cs.typed_dict_schema({f.name: feature(f) for f in spec.fields}, extra_behavior="forbid")
+    k = cs.with_default_schema(cs.int_schema(strict=True, ge=1, le=k_max), default=k_default)
+    exclude = cs.list_schema(cs.int_schema(strict=True), max_length=max_exclude, strict=True)
+    request = cs.typed_dict_schema(
+        {
+            "features": cs.typed_dict_field(features),
+            "k": cs.typed_dict_field(k, required=False),
+            "exclude_ids": cs.typed_dict_field(cs.with_default_schema(exclude, default_factory=list), required=False),
+        },
+        extra_behavior="forbid",
+    )
+    return SchemaValidator(request)

@@ -74,6 +74,14 @@ def test_bad_requests_get_422_naming_the_field(client: TestClient, body: dict[st
     assert response.json()["detail"][0]["loc"] == loc
 
 
+def test_requests_the_strict_pass_refuses_but_the_schema_allows_get_the_same_answer(client: TestClient) -> None:
+    plain = client.post("/v1/retrieve", json={"features": GOOD, "k": 10}).json()
+    loose = {"region": float(GOOD["region"]), "activity": GOOD["activity"], "history": [5.0, 17, 33.0]}
+    response = client.post("/v1/retrieve", json={"features": loose, "k": "10"})
+    assert response.status_code == 200
+    assert response.json() == plain
+
+
 def test_excluded_ids_beyond_int64_exclude_nothing(client: TestClient) -> None:
     plain = client.post("/v1/retrieve", json={"features": GOOD, "k": 10}).json()["ids"]
     response = client.post("/v1/retrieve", json={"features": GOOD, "k": 10, "exclude_ids": [2**80, -(2**70)]})
