@@ -438,7 +438,7 @@ def bench_serve_command(
     k: Annotated[int, typer.Option(help="k of every request")] = 100,
     cache: Annotated[Path, typer.Option(help="where the synthetic bundle is kept")] = Path(".ebr/bench"),
 ) -> None:
-    """ebr against a straightforward FastAPI reference and a do-nothing ASGI floor, under the same wrk load."""
+    """ebr beside a straightforward FastAPI reference, a bare batching app and a do-nothing floor, under one load."""
     if shutil.which("wrk") is None:
         typer.echo(f"ebr bench serve needs wrk, the HTTP load generator; install it with: {WRK_INSTALL}", err=True)
         raise typer.Exit(2)
