@@ -8,7 +8,7 @@ import os
 import re
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,7 @@ from service.bench_serve import write_payloads
 from service.reference import bare_app, floor_app, reference_app
 from service.settings import Settings
 from tests.conftest import bench_servers, needs_wrk, run_bench
+from tests.service.test_app import wait_ready
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +41,18 @@ def test_the_synthetic_bundle_reaches_the_recall_target(bundle: Path) -> None:
     assert manifest.build_report.recall_at_k >= 0.95
 
 
-def test_the_reference_gives_ebr_answers_to_the_bench_payloads(bundle: Path, tmp_path: Path) -> None:
-    _, bodies = write_payloads(tmp_path, read_manifest(bundle), k=20)
+@pytest.fixture
+def ebr(bundle: Path) -> Iterator[TestClient]:
+    """ebr serving the bench bundle, ready."""
     publish(LocalStore(bundle.parent), bundle.name, force=True)
-    ebr_app = create_app(Settings(store=bundle.parent, device="cpu", poll_interval_s=0.2))
-    with TestClient(reference_app(bundle, threads=1)) as reference, TestClient(ebr_app) as ebr:
-        deadline = time.monotonic() + 30
-        while ebr.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "ebr never became ready"
-            time.sleep(0.05)
+    with TestClient(create_app(Settings(store=bundle.parent, device="cpu", poll_interval_s=0.2))) as client:
+        wait_ready(client)
+        yield client
+
+
+def test_the_reference_gives_ebr_answers_to_the_bench_payloads(bundle: Path, ebr: TestClient, tmp_path: Path) -> None:
+    _, bodies = write_payloads(tmp_path, read_manifest(bundle), k=20)
+    with TestClient(reference_app(bundle, threads=1)) as reference:
         for raw in bodies[:8]:
             body = {**json.loads(raw), "exclude_ids": [1_000_000]}
             answer = reference.post("/v1/retrieve", json=body).json()
@@ -60,15 +64,9 @@ def test_the_reference_gives_ebr_answers_to_the_bench_payloads(bundle: Path, tmp
         assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "features", "region"]
 
 
-def test_the_bare_app_gives_ebr_answers_to_the_bench_payloads(bundle: Path, tmp_path: Path) -> None:
+def test_the_bare_app_gives_ebr_answers_to_the_bench_payloads(bundle: Path, ebr: TestClient, tmp_path: Path) -> None:
     _, bodies = write_payloads(tmp_path, read_manifest(bundle), k=20)
-    publish(LocalStore(bundle.parent), bundle.name, force=True)
-    ebr_app = create_app(Settings(store=bundle.parent, device="cpu", poll_interval_s=0.2))
-    with TestClient(bare_app(bundle, threads=1)) as bare, TestClient(ebr_app) as ebr:
-        deadline = time.monotonic() + 30
-        while ebr.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "ebr never became ready"
-            time.sleep(0.05)
+    with TestClient(bare_app(bundle, threads=1)) as bare:
         assert bare.get("/readyz").json() == {"status": "ready", "snapshot": "20260101T000000Z"}
         for raw in bodies[:8]:
             answer = bare.post("/v1/retrieve", content=raw).json()
