@@ -5,65 +5,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import itertools
-import os
 import signal
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import orjson
 import redis.asyncio as aioredis
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ValidationError
-from pydantic_core import SchemaValidator
-from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
-from index.manifest import FeatureSpec
 from index.store import LocalStore
 from service.batching import Batcher
 from service.devices import Placement, choose_placement
-from service.errors import (
-    STATUS,
-    BadRequestBodyError,
-    BodyTooLargeError,
-    NotReadyError,
-    UnsupportedMediaTypeError,
-    error_response,
-    handlers,
-    json_response,
-)
+from service.errors import NotReadyError, handlers, json_response
 from service.holder import LoadInProgressError, SnapshotHolder
-from service.logs import REQUEST_ID, configure_logging
+from service.logs import configure_logging
 from service.metrics import Metrics
 from service.recall_monitor import RecallMonitor
-from service.requests import (
-    ReloadRequest,
-    RetrieveResponse,
-    SnapshotInfo,
-    accepting_validator,
-    features_json_schema,
-    retrieve_request_model,
-)
+from service.requests import ReloadRequest, RetrieveResponse, SnapshotInfo, features_json_schema
+from service.retrieve import RequestClock, RetrieveASGI, Retriever, TimingMiddleware, reply_to
 from service.settings import Settings
 from service.snapshot import Snapshot
-from service.validation import Encoded, validate_features
 from service.watcher import Watcher
 
 log = structlog.get_logger(__name__)
 # Module level: FastAPI resolves the string annotations of dependencies against module globals.
 BEARER = HTTPBearer(auto_error=False)
-# Candidate ids are int64: an excluded id outside that range matches no candidate, so it is dropped.
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-NO_EXCLUSIONS: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -93,177 +66,10 @@ def snapshot_info(snapshot: Snapshot) -> dict[str, Any]:
     ).model_dump()
 
 
-class RequestClock:
-    """Request ids, the Server-Timing total and the request-seconds metric, for both paths a request takes."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.histogram = metrics.request_seconds
-        self.prefix = f"{os.getpid():x}-"
-        self.counter = itertools.count()
-        # prometheus-client looks a labelled child up under a lock on every call; the few (route, status)
-        # pairs a service answers are kept here instead.
-        self.children: dict[tuple[str, int], Any] = {}
-
-    def request_id(self, scope: Scope) -> str:
-        return _header(scope, b"x-request-id") or f"{self.prefix}{next(self.counter):x}"
-
-    @staticmethod
-    def headers(request_id: str, started: float) -> list[tuple[bytes, bytes]]:
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        return [(b"x-request-id", request_id.encode()), (b"server-timing", f"total;dur={elapsed_ms:.2f}".encode())]
-
-    def observe(self, route: str, status: int, started: float) -> None:
-        child = self.children.get((route, status))
-        if child is None:
-            child = self.children[(route, status)] = self.histogram.labels(route=route, status=str(status))
-        child.observe(time.perf_counter() - started)
-
-
-class TimingMiddleware:
-    """The clock around every route but the fast path, without Starlette's slower middleware."""
-
-    def __init__(self, app: ASGIApp, clock: RequestClock) -> None:
-        self.app = app
-        self.clock = clock
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        request_id = self.clock.request_id(scope)
-        status = 500
-
-        async def send_with_headers(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", []), *self.clock.headers(request_id, started)]
-            await send(message)
-
-        token = REQUEST_ID.set(request_id)
-        try:
-            await self.app(scope, receive, send_with_headers)
-        finally:
-            REQUEST_ID.reset(token)
-            self.clock.observe(getattr(scope.get("route"), "path", "unmatched"), status, started)
-
-
-class RetrieveFastPath:
-    """`POST /v1/retrieve` straight to its handler, past FastAPI's and Starlette's per-request objects.
-
-    The route stays registered with FastAPI, so the OpenAPI schema documents it; only the hot path skips
-    machinery that costs more per request than the tower and the search do. It keeps its own clock, so a
-    request passes one wrapper, not two; every other request goes on to `rest`.
-    """
-
-    def __init__(
-        self,
-        app: FastAPI,
-        rest: ASGIApp,
-        clock: RequestClock,
-        path: str,
-        answer: Callable[[Runtime, bytes], Awaitable[tuple[bytes, dict[str, str]]]],
-    ) -> None:
-        self.app = app
-        self.rest = rest
-        self.clock = clock
-        self.path = path
-        self.answer = answer
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
-            await self.rest(scope, receive, send)
-            return
-        started = time.perf_counter()
-        request_id = self.clock.request_id(scope)
-        token = REQUEST_ID.set(request_id)
-        status = 499  # the client went away before an answer: nginx's code for it
-        try:
-            status, payload, headers = await self.respond(scope, receive)
-            headers.extend(self.clock.headers(request_id, started))
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": payload})
-        except ClientDisconnect:
-            return
-        finally:
-            REQUEST_ID.reset(token)
-            self.clock.observe(self.path, status, started)
-
-    async def respond(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        runtime: Runtime = self.app.state.runtime
-        try:
-            check_body_headers(
-                _header(scope, b"content-type") or "",
-                _header(scope, b"content-length"),
-                runtime.settings.max_body_bytes,
-            )
-            payload, headers = await self.answer(runtime, await read_body(receive, runtime.settings.max_body_bytes))
-        except tuple(STATUS) as e:
-            error = error_response(e)
-            return error.status_code, bytes(error.body), list(error.raw_headers)
-        except ClientDisconnect:
-            raise
-        except Exception:
-            log.exception("retrieve_failed")
-            error = json_response({"detail": "internal error"}, 500)
-            return 500, bytes(error.body), list(error.raw_headers)
-        return (
-            200,
-            payload,
-            [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                *((name.lower().encode(), value.encode()) for name, value in headers.items()),
-            ],
-        )
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))[:128]
-    return None
-
-
-def check_body_headers(content_type: str, declared_length: str | None, limit: int) -> None:
-    if content_type.split(";")[0].strip().lower() != "application/json":
-        raise UnsupportedMediaTypeError(f"expected Content-Type application/json, got {content_type!r}")
-    if declared_length is not None and declared_length.isdigit() and int(declared_length) > limit:
-        raise BodyTooLargeError(f"body of {declared_length} bytes exceeds the {limit}-byte limit")
-
-
-async def read_body(receive: Receive, limit: int) -> bytes:
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLargeError(f"body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def parse_body(model: type[BaseModel], body: bytes) -> Any:
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as e:
-        raise BadRequestBodyError(
-            [
-                {"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]}
-                for err in e.errors(include_url=False, include_context=False, include_input=False)
-            ]
-        ) from None
-
-
 def create_app(settings: Settings) -> ASGIApp:
     configure_logging(settings.log_level)
     metrics = Metrics()
-    retrieve_model = retrieve_request_model(settings.k_default, settings.k_max, settings.max_exclude)
+    retriever = Retriever(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -304,11 +110,11 @@ def create_app(settings: Settings) -> ASGIApp:
         )
         runtime = Runtime(settings, metrics, placement, holder, batcher, watcher)
         app.state.runtime = runtime
+        retriever.attach(holder, batcher)
         restore = _drain_on_sigterm(runtime, asyncio.get_running_loop(), settings.drain_seconds)
         tasks = [
             asyncio.create_task(watcher.run_follower(), name="follower"),
             asyncio.create_task(watcher.run_loader(), name="loader"),
-            asyncio.create_task(batcher.run(), name="batcher"),
         ]
         log.info("started", replica=settings.replica_id, store=str(store.root), redis=bool(client))
         try:
@@ -320,6 +126,7 @@ def create_app(settings: Settings) -> ASGIApp:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await watcher.report("stopped")
+            retriever.attach(None, None)
             batcher.close()
             monitor.close()
             holder.close()
@@ -344,57 +151,15 @@ def create_app(settings: Settings) -> ASGIApp:
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": retrieve_model.model_json_schema()}},
+                "content": {"application/json": {"schema": retriever.model.model_json_schema()}},
             }
         },
         responses={413: {}, 415: {}, 422: {}, 429: {}, 503: {}},
     )
     async def retrieve(request: Request) -> Response:
-        content_type = request.headers.get("content-type", "")
-        check_body_headers(content_type, request.headers.get("content-length"), settings.max_body_bytes)
-        payload, headers = await answer(runtime_of(request), await read_body(request.receive, settings.max_body_bytes))
-        return Response(payload, 200, headers=headers, media_type="application/json")
-
-    accepting: dict[FeatureSpec, SchemaValidator] = {}
-
-    def parse_request(spec: FeatureSpec, body_bytes: bytes) -> tuple[Encoded, int, list[int]]:
-        """The strict one-pass validator first; what it refuses, the full path parses or names the mistake of."""
-        validator = accepting.get(spec)
-        if validator is None:
-            validator = accepting[spec] = accepting_validator(
-                spec, settings.k_default, settings.k_max, settings.max_exclude
-            )
-        try:
-            parsed = validator.validate_json(body_bytes)
-            return parsed["features"], parsed["k"], parsed["exclude_ids"]
-        except ValidationError:
-            body = parse_body(retrieve_model, body_bytes)
-            return validate_features(spec, body.features), body.k, body.exclude_ids
-
-    async def answer(runtime: Runtime, body_bytes: bytes) -> tuple[bytes, dict[str, str]]:
-        """The retrieval itself, shared by the FastAPI route (for the schema) and the fast path."""
-        snapshot = runtime.holder.current
-        if snapshot is None:
-            parse_body(retrieve_model, body_bytes)  # a malformed body is the client's mistake, ready or not
-            raise NotReadyError("no snapshot is serving yet")
-        features, k, exclude_ids = parse_request(snapshot.manifest.feature_spec, body_bytes)
-        result = await runtime.batcher.submit(
-            snapshot,
-            features,
-            k,
-            frozenset(i for i in exclude_ids if INT64_MIN <= i <= INT64_MAX) if exclude_ids else NO_EXCLUSIONS,
-            settings.request_timeout_ms / 1000,
-        )
-        timings = result.timings
-        payload = orjson.dumps(
-            {"ids": result.hits.ids, "scores": result.hits.scores, "snapshot": snapshot.version},
-            option=orjson.OPT_SERIALIZE_NUMPY,
-        )
-        return payload, {
-            "X-Snapshot-Version": snapshot.version,
-            "X-Batch-Size": str(result.batch_size),
-            "Server-Timing": f"tower;dur={timings.tower * 1000:.2f}, search;dur={timings.search * 1000:.2f}",
-        }
+        """Reached only where the app is mounted without its RetrieveASGI wrapper; the same endpoint."""
+        reply = await reply_to(retriever, request.scope, request.receive)
+        return Response(reply.body, reply.status, headers={k.decode(): v.decode() for k, v in reply.headers})
 
     @app.get("/livez")
     async def livez() -> Response:
@@ -436,7 +201,7 @@ def create_app(settings: Settings) -> ASGIApp:
 
     app.openapi = openapi  # type: ignore[method-assign]
     clock = RequestClock(metrics)
-    return RetrieveFastPath(app, TimingMiddleware(app, clock), clock, "/v1/retrieve", answer)
+    return RetrieveASGI(app, TimingMiddleware(app, clock), clock, retriever)
 
 
 def admin_router(token: str, runtime_of: Callable[[Request], Runtime]) -> APIRouter:

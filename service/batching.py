@@ -3,23 +3,32 @@
 The queue is bounded, so overload is answered at once instead of growing latency; each request carries a
 deadline and is dropped, not computed, once it has passed. Requests are grouped by the snapshot they took,
 so a batch never mixes tower and index of two snapshots.
+
+A batch is an event-loop callback, not a task reading a queue: the first request into an empty queue
+schedules one, and requests that arrive before it runs (all those read in the same loop turn, or within
+`max_wait_s`) ride in it. Each request hands in a callback that receives its answer or its error, so the
+HTTP layer can answer without a coroutine per request; `submit` wraps that in a future for async callers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
+import structlog
 
 from service.metrics import Metrics
 from service.recall_monitor import RecallMonitor
 from service.snapshot import Hits, Snapshot
 from service.validation import Encoded
+
+log = structlog.get_logger(__name__)
 
 
 class OverloadedError(Exception):
@@ -28,16 +37,6 @@ class OverloadedError(Exception):
 
 class DeadlineExceededError(Exception):
     pass
-
-
-@dataclass
-class Job:
-    snapshot: Snapshot
-    features: Encoded
-    k: int
-    exclude: frozenset[int]
-    deadline: float
-    future: asyncio.Future[Answer] = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -55,6 +54,32 @@ class Answer:
     batch_size: int
 
 
+Done = Callable[[Answer | Exception], None]
+
+
+@dataclass(eq=False)
+class Job:
+    snapshot: Snapshot
+    features: Encoded
+    k: int
+    exclude: frozenset[int]
+    done: Done = field(repr=False)
+    expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
+    finished: bool = False
+
+    def finish(self, result: Answer | Exception) -> None:
+        """Hand the result over once; whatever comes second (an answer after the deadline) is dropped."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.expiry is not None:
+            self.expiry.cancel()
+        try:
+            self.done(result)
+        except Exception:
+            log.exception("answer_delivery_failed")
+
+
 class Batcher:
     def __init__(
         self,
@@ -70,104 +95,158 @@ class Batcher:
 
         On the loop, a batch costs no hand-over between threads and no GIL contention with the loop, which is
         faster when a host has about one core per worker; the loop then parses nothing while a batch runs, and
-        requests that arrive meanwhile wait in their sockets and form the next batch.
+        requests that arrive meanwhile wait in their sockets and form the next batch. Build it on the loop's
+        thread: FAISS's thread count is set per calling thread.
         """
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.metrics = metrics
         self.monitor = monitor
-        self.threads = threads
-        self.queue: asyncio.Queue[Job] = asyncio.Queue()
-        self.executor = (
-            None
-            if on_loop
-            else ThreadPoolExecutor(
+        self.waiting: deque[Job] = deque()
+        self.scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
+        self.filling = False  # the scheduled batch waits for `max_wait_s` to fill
+        self.computing = False
+        self.closed = False
+        if on_loop:
+            faiss.omp_set_num_threads(threads)
+            self.executor = None
+        else:
+            self.executor = ThreadPoolExecutor(
                 max_workers=1,
                 thread_name_prefix="ebr-compute",
                 initializer=faiss.omp_set_num_threads,
                 initargs=(threads,),
             )
-        )
+
+    def enqueue(
+        self, snapshot: Snapshot, features: Encoded, k: int, exclude: frozenset[int], timeout_s: float, done: Done
+    ) -> None:
+        """Queue one request; `done` is called exactly once, on the loop, with its answer or its error.
+
+        Raises OverloadedError at once, without calling `done`, when the queue is full.
+        """
+        if self.closed:
+            raise OverloadedError("the server is shutting down")
+        if len(self.waiting) >= self.max_queue:
+            self.metrics.rejected.labels(reason="queue_full").inc()
+            raise OverloadedError(f"{len(self.waiting)} requests are queued")
+        loop = asyncio.get_running_loop()
+        job = Job(snapshot, features, k, exclude, done)
+        # One timer per request, failing it at its deadline wherever it is (queued or computing): about
+        # 0.6 µs under uvloop, which is less than tracking deadlines in the batch loop costs.
+        job.expiry = loop.call_later(timeout_s, self._expire, job, timeout_s)
+        self.waiting.append(job)
+        if self.computing:
+            return
+        if self.scheduled is None:
+            self.filling = self.max_wait_s > 0 and len(self.waiting) < self.max_batch
+            self.scheduled = loop.call_later(self.max_wait_s, self._run) if self.filling else loop.call_soon(self._run)
+        elif self.filling and len(self.waiting) >= self.max_batch:
+            self.scheduled.cancel()
+            self.filling = False
+            self.scheduled = loop.call_soon(self._run)
 
     async def submit(
         self, snapshot: Snapshot, features: Encoded, k: int, exclude: frozenset[int], timeout_s: float
     ) -> Answer:
-        if self.queue.qsize() >= self.max_queue:
-            self.metrics.rejected.labels(reason="queue_full").inc()
-            raise OverloadedError(f"{self.queue.qsize()} requests are queued")
-        loop = asyncio.get_running_loop()
-        job = Job(snapshot, features, k, exclude, time.monotonic() + timeout_s, loop.create_future())
-        self.queue.put_nowait(job)
-        # One timer per request that fails its future at the deadline (the batcher skips done jobs): about
-        # 0.6 µs against 3 µs for `asyncio.timeout` under uvloop, which showed in profiles of the hot path.
-        expiry = loop.call_later(timeout_s, self._expire, job.future, timeout_s)
-        try:
-            return await job.future
-        finally:
-            expiry.cancel()
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
 
-    def _expire(self, future: asyncio.Future[Answer], timeout_s: float) -> None:
-        if not future.done():
-            self.metrics.rejected.labels(reason="deadline").inc()
-            future.set_exception(DeadlineExceededError(f"not answered within {timeout_s * 1000:.0f} ms"))
-
-    async def run(self) -> None:
-        if self.executor is None:
-            faiss.omp_set_num_threads(self.threads)  # per calling thread: here, the loop's
-        while True:
-            batch = await self._collect()
-            now = time.monotonic()
-            live = [j for j in batch if j.deadline > now and not j.future.done()]
-            self.metrics.queue_depth.set(self.queue.qsize())
-            groups: dict[int, list[Job]] = {}
-            for job in live:
-                groups.setdefault(id(job.snapshot), []).append(job)
-            for jobs in groups.values():
-                await self._compute(jobs)
-
-    async def _collect(self) -> list[Job]:
-        batch = [await self.queue.get()]
-        ends = time.monotonic() + self.max_wait_s
-        while len(batch) < self.max_batch:
-            if not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-                continue
-            remaining = ends - time.monotonic()
-            if remaining <= 0:
-                break
-            with contextlib.suppress(TimeoutError):
-                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
-        return batch
-
-    async def _compute(self, jobs: list[Job]) -> None:
-        loop = asyncio.get_running_loop()
-        self.metrics.batch_size.observe(len(jobs))
-        try:
-            if self.executor is None:
-                hits, queries, timings = _retrieve(jobs)
+        def done(result: Answer | Exception) -> None:
+            if future.done():
+                return
+            if isinstance(result, Answer):
+                future.set_result(result)
             else:
-                hits, queries, timings = await loop.run_in_executor(self.executor, _retrieve, jobs)
-        except Exception as e:
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(e)
+                future.set_exception(result)
+
+        self.enqueue(snapshot, features, k, exclude, timeout_s, done)
+        return await future
+
+    def _expire(self, job: Job, timeout_s: float) -> None:
+        if not job.finished:
+            self.metrics.rejected.labels(reason="deadline").inc()
+            job.finish(DeadlineExceededError(f"not answered within {timeout_s * 1000:.0f} ms"))
+
+    def _run(self) -> None:
+        self.scheduled = None
+        batch: list[Job] = []
+        while self.waiting and len(batch) < self.max_batch:
+            job = self.waiting.popleft()
+            if not job.finished:
+                batch.append(job)
+        self.metrics.queue_depth.set(len(self.waiting))
+        if not batch:
             return
+        groups: dict[int, list[Job]] = {}
+        for job in batch:
+            groups.setdefault(id(job.snapshot), []).append(job)
+        if self.executor is None:
+            for jobs in groups.values():
+                self._deliver(jobs, _attempt(jobs))
+            self._next()
+            return
+        self.computing = True
+        computed = asyncio.get_running_loop().run_in_executor(
+            self.executor, lambda: [_attempt(jobs) for jobs in groups.values()]
+        )
+        computed.add_done_callback(lambda outcome: self._computed(list(groups.values()), outcome))
+
+    def _computed(self, groups: list[list[Job]], outcome: asyncio.Future[list[Computed | Exception]]) -> None:
+        self.computing = False
+        if outcome.cancelled():
+            results: list[Computed | Exception] = [DeadlineExceededError("the server is shutting down")] * len(groups)
+        elif outcome.exception() is not None:
+            results = [outcome.exception()] * len(groups)  # type: ignore[list-item]
+        else:
+            results = outcome.result()
+        for jobs, result in zip(groups, results, strict=True):
+            self._deliver(jobs, result)
+        self._next()
+
+    def _next(self) -> None:
+        if self.waiting and self.scheduled is None and not self.closed:
+            self.scheduled = asyncio.get_running_loop().call_soon(self._run)
+
+    def _deliver(self, jobs: list[Job], result: Computed | Exception) -> None:
+        if isinstance(result, Exception):
+            for job in jobs:
+                job.finish(result)
+            return
+        hits, queries, timings = result
+        self.metrics.batch_size.observe(len(jobs))
         self.metrics.tower_seconds.observe(timings.tower)
         self.metrics.search_seconds.observe(timings.search)
         if self.monitor is not None:
             served = [None if job.exclude else hit.ids for job, hit in zip(jobs, hits, strict=True)]
             self.monitor.offer(jobs[0].snapshot, queries, served)
-        for job, result in zip(jobs, hits, strict=True):
-            if not job.future.done():
-                job.future.set_result(Answer(result, timings, len(jobs)))
+        size = len(jobs)
+        for job, found in zip(jobs, hits, strict=True):
+            job.finish(Answer(found, timings, size))
 
     def close(self) -> None:
+        """Refuse new requests and answer the queued ones with an error rather than leave them waiting."""
+        self.closed = True
+        if self.scheduled is not None:
+            self.scheduled.cancel()
+            self.scheduled = None
+        while self.waiting:
+            self.waiting.popleft().finish(DeadlineExceededError("the server is shutting down"))
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _retrieve(jobs: list[Job]) -> tuple[list[Hits], np.ndarray, Timings]:
+Computed = tuple[list[Hits], np.ndarray, Timings]
+
+
+def _attempt(jobs: list[Job]) -> Computed | Exception:
+    try:
+        return _retrieve(jobs)
+    except Exception as e:
+        return e
+
+
+def _retrieve(jobs: list[Job]) -> Computed:
     snapshot = jobs[0].snapshot
     started = time.perf_counter()
     queries = snapshot.embed([j.features for j in jobs])

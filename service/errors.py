@@ -48,15 +48,25 @@ def json_response(body: object, status: int = 200, headers: dict[str, str] | Non
     return Response(orjson.dumps(body), status, headers=headers, media_type="application/json")
 
 
+def error_detail(error: Exception) -> object:
+    if isinstance(error, FeatureError):
+        return [{"loc": list(error.loc), "msg": error.message, "type": error.kind}]
+    if isinstance(error, BadRequestBodyError):
+        return error.detail
+    return str(error)
+
+
 def error_response(error: Exception) -> Response:
     status, headers = STATUS[type(error)]
-    if isinstance(error, FeatureError):
-        detail: object = [{"loc": list(error.loc), "msg": error.message, "type": error.kind}]
-    elif isinstance(error, BadRequestBodyError):
-        detail = error.detail
-    else:
-        detail = str(error)
-    return json_response({"detail": detail}, status, headers)
+    return json_response({"detail": error_detail(error)}, status, headers)
+
+
+def error_parts(error: Exception) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """Status, JSON body and headers (without content length) of the answer to a failure in STATUS."""
+    status, headers = STATUS[type(error)]
+    encoded = [(b"content-type", b"application/json")]
+    encoded += [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+    return status, orjson.dumps({"detail": error_detail(error)}), encoded
 
 
 async def handle(request: Request, error: Exception) -> Response:

@@ -7,9 +7,10 @@ returned dict goes through FastAPI's default JSON encoding. It opens the same bu
 validation and the same search defaults, so both give the same answers. The floor reads the body and sends
 a fixed answer of a typical size: no app can beat it with the same server and workers.
 
-The bare app is the ceiling for ebr's design: it batches concurrent requests into one tower call and one
-search on the same snapshot code as ebr, and does nothing else (no validation, deadline, backpressure,
-metrics, request id or timing header). What ebr does per request beyond it is what those cost.
+The bare app is the ceiling for ebr's design: on the same direct route, it batches concurrent requests into
+one tower call and one search on the same snapshot code as ebr, and does nothing else (no validation,
+deadline, backpressure, metrics, request id or timing header). What ebr does per request beyond it is what
+those cost.
 
 All are uvicorn factories configured from the environment, as `ebr serve` is.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,8 @@ from starlette.types import Receive, Scope, Send
 from index.bundle import open_bundle
 from index.search import search, search_parameters
 from service.devices import choose_placement
-from service.snapshot import Hits, load_snapshot
+from service.http import DirectRequest
+from service.snapshot import load_snapshot
 from service.validation import Encoded, FeatureError, absent_value, encode_batch, validate_features
 
 BUNDLE_VARIABLE = "EBR_BENCH_BUNDLE"
@@ -80,12 +83,13 @@ def reference_from_environment() -> FastAPI:
 
 
 def bare_app(bundle_path: Path, threads: int) -> Any:
-    """Requests parsed with orjson and taken as valid, batched per event-loop turn, answered from numpy rows."""
+    """Requests parsed with orjson and taken as valid, batched per event-loop turn, answered from numpy rows;
+    on ebr's direct route under `ebr serve`'s protocol, as ebr is."""
     faiss.omp_set_num_threads(threads)
     snapshot = load_snapshot(bundle_path, choose_placement("cpu"), threads, mmap_index=True)
     spec = snapshot.manifest.feature_spec
     absent = {field.name: absent_value(field) for field in spec.fields}
-    waiting: list[tuple[Encoded, int, asyncio.Future[Hits]]] = []
+    waiting: list[tuple[Encoded, int, Callable[[bytes], None]]] = []
     json_header = (b"content-type", b"application/json")
 
     def run_batch() -> None:
@@ -93,8 +97,21 @@ def bare_app(bundle_path: Path, threads: int) -> Any:
         waiting.clear()
         queries = snapshot.embed([features for features, _, _ in batch])
         hits = snapshot.search(queries, [k for _, k, _ in batch], [frozenset()] * len(batch))
-        for (_, _, answered), found in zip(batch, hits, strict=True):
-            answered.set_result(found)
+        for (_, _, deliver), found in zip(batch, hits, strict=True):
+            answer = {"ids": found.ids, "scores": found.scores, "snapshot": snapshot.version}
+            deliver(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY))
+
+    def queue(body: bytes, deliver: Callable[[bytes], None]) -> None:
+        request = orjson.loads(body)
+        if not waiting:
+            asyncio.get_running_loop().call_soon(run_batch)
+        waiting.append((absent | request["features"], request.get("k", 100), deliver))
+
+    class Retrieve:
+        max_body_bytes = 1 << 20
+
+        def __call__(self, request: DirectRequest) -> None:
+            queue(request.body or b"", lambda payload: request.respond(200, [json_header], payload))
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -103,18 +120,14 @@ def bare_app(bundle_path: Path, threads: int) -> Any:
         if scope["path"] == "/readyz":
             payload = orjson.dumps({"status": "ready", "snapshot": snapshot.version})
         else:
-            body = orjson.loads((await receive())["body"])
-            answered: asyncio.Future[Hits] = asyncio.get_running_loop().create_future()
-            if not waiting:
-                asyncio.get_running_loop().call_soon(run_batch)
-            waiting.append((absent | body["features"], body.get("k", 100), answered))
-            found = await answered
-            answer = {"ids": found.ids, "scores": found.scores, "snapshot": snapshot.version}
-            payload = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
+            answered: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            queue((await receive())["body"], answered.set_result)
+            payload = await answered
         headers = [json_header, (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
+    app.direct_routes = {(b"POST", b"/v1/retrieve"): Retrieve()}  # type: ignore[attr-defined]
     return app
 
 

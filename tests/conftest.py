@@ -6,18 +6,23 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 import pytest
 import redis
+import uvicorn
 
 from service.bench_serve import free_port
+from service.http import HTTP_PROTOCOL
 from service.reference import BUNDLE_VARIABLE
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -170,6 +175,25 @@ def start_server(store: Path, log: Path, **settings: str) -> Server:
         cwd=REPO,
     )
     return Server(process, f"http://127.0.0.1:{port}", log)
+
+
+@contextmanager
+def running(app: Any) -> Iterator[tuple[str, uvicorn.Server]]:
+    """A real uvicorn with ebr's protocol, in a thread, on a free loopback port."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=HTTP_PROTOCOL, log_level="critical")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 ServerFactory = Callable[..., Server]

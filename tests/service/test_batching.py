@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from service.batching import Batcher, DeadlineExceededError, OverloadedError
+from service.batching import Answer, Batcher, DeadlineExceededError, OverloadedError
 from service.devices import choose_placement
 from service.metrics import Metrics
 from service.payloads import random_features
@@ -40,14 +41,12 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(snapshot: S
 
     async def scenario(metrics: Metrics, together: bool) -> list[Hits]:
         batcher = Batcher(max_batch=16, max_wait_s=0.002, max_queue=100, metrics=metrics, on_loop=on_loop)
-        runner = asyncio.create_task(batcher.run())
         calls = [batcher.submit(snapshot, f, k, e, 10.0) for f, k, e in zip(features, ks, excludes, strict=True)]
         try:
             if together:
                 return [a.hits for a in await asyncio.gather(*calls)]
             return [(await call).hits for call in calls]
         finally:
-            runner.cancel()
             batcher.close()
 
     batched_metrics, single_metrics = Metrics(), Metrics()
@@ -79,13 +78,64 @@ def test_a_request_past_its_deadline_is_dropped_not_computed(snapshot: Snapshot)
 
     async def scenario() -> None:
         metrics = Metrics()
-        batcher = Batcher(max_batch=4, max_wait_s=0.0, max_queue=10, metrics=metrics)
+        # The batch waits a second to fill; the request's deadline passes long before.
+        batcher = Batcher(max_batch=4, max_wait_s=1.0, max_queue=10, metrics=metrics)
         with pytest.raises(DeadlineExceededError):
             await batcher.submit(snapshot, features, 10, frozenset(), 0.05)
-        runner = asyncio.create_task(batcher.run())
-        await asyncio.sleep(0.1)
-        runner.cancel()
+        await asyncio.sleep(1.1)
         batcher.close()
         assert batch_count(metrics) == 0
+        assert metrics.registry.get_sample_value("ebr_rejected_total", {"reason": "deadline"}) == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_full_batch_does_not_wait_out_the_fill_time(snapshot: Snapshot) -> None:
+    features = requests_for(snapshot, 4)
+
+    async def scenario() -> float:
+        batcher = Batcher(max_batch=4, max_wait_s=5.0, max_queue=10, metrics=Metrics())
+        started = time.monotonic()
+        answers = await asyncio.gather(*(batcher.submit(snapshot, f, 10, frozenset(), 10.0) for f in features))
+        batcher.close()
+        assert [a.batch_size for a in answers] == [4] * 4
+        return time.monotonic() - started
+
+    assert asyncio.run(scenario()) < 5.0
+
+
+@pytest.mark.parametrize("on_loop", [False, True], ids=["compute-thread", "on-loop"])
+def test_a_failing_batch_fails_each_of_its_requests_and_the_next_batch_runs(snapshot: Snapshot, on_loop: bool) -> None:
+    good = requests_for(snapshot, 1)[0]
+    broken = {name: value for name, value in good.items() if name != "region"}  # the tower needs every input
+
+    async def scenario() -> tuple[list[object], Answer]:
+        batcher = Batcher(max_batch=8, max_wait_s=0.0, max_queue=10, metrics=Metrics(), on_loop=on_loop)
+        failed = await asyncio.gather(
+            batcher.submit(snapshot, good, 10, frozenset(), 10.0),
+            batcher.submit(snapshot, broken, 10, frozenset(), 10.0),
+            return_exceptions=True,
+        )
+        after = await batcher.submit(snapshot, good, 10, frozenset(), 10.0)
+        batcher.close()
+        return failed, after
+
+    failed, after = asyncio.run(scenario())
+    assert all(isinstance(r, KeyError) for r in failed)
+    assert len(after.hits.ids) == 10
+
+
+def test_closing_answers_what_is_queued(snapshot: Snapshot) -> None:
+    features = requests_for(snapshot, 1)[0]
+
+    async def scenario() -> None:
+        batcher = Batcher(max_batch=4, max_wait_s=10.0, max_queue=10, metrics=Metrics())
+        waiting = asyncio.ensure_future(batcher.submit(snapshot, features, 10, frozenset(), 30.0))
+        await asyncio.sleep(0.01)
+        batcher.close()
+        with pytest.raises(DeadlineExceededError, match="shutting down"):
+            await waiting
+        with pytest.raises(OverloadedError, match="shutting down"):
+            await batcher.submit(snapshot, features, 10, frozenset(), 30.0)
 
     asyncio.run(scenario())
