@@ -103,6 +103,7 @@ def create_app(settings: Settings) -> ASGIApp:
             settings.max_batch_size,
             settings.max_batch_wait_ms / 1000,
             settings.max_queue,
+            settings.request_timeout_ms / 1000,
             metrics,
             monitor,
             settings.threads,

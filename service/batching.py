@@ -1,8 +1,10 @@
 """Micro-batching: concurrent requests queue up and run as one tower batch and one search batch.
 
 The queue is bounded, so overload is answered at once instead of growing latency; each request carries a
-deadline and is dropped, not computed, once it has passed. Requests are grouped by the snapshot they took,
-so a batch never mixes tower and index of two snapshots.
+deadline and is dropped, not computed, once it has passed. Every request gets the same timeout, so requests
+reach their deadlines in the order they arrived, and one timer, set for the oldest request not yet answered,
+enforces them all (a timer per request costs more than the rest of queueing it). Requests are grouped by the
+snapshot they took, so a batch never mixes tower and index of two snapshots.
 
 A batch is an event-loop callback, not a task reading a queue: the first request into an empty queue
 schedules one, and requests that arrive before it runs (all those read in the same loop turn, or within
@@ -17,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import faiss
 import numpy as np
@@ -39,14 +41,12 @@ class DeadlineExceededError(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class Timings:
+class Timings(NamedTuple):
     tower: float
     search: float
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):
     """One request's hits, and the batch it rode in: shown to clients in Server-Timing and X-Batch-Size."""
 
     hits: Hits
@@ -57,23 +57,25 @@ class Answer:
 Done = Callable[[Answer | Exception], None]
 
 
-@dataclass(eq=False)
 class Job:
-    snapshot: Snapshot
-    features: Encoded
-    k: int
-    exclude: frozenset[int]
-    done: Done = field(repr=False)
-    expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
-    finished: bool = False
+    __slots__ = ("deadline", "done", "exclude", "features", "finished", "k", "snapshot")
+
+    def __init__(
+        self, snapshot: Snapshot, features: Encoded, k: int, exclude: frozenset[int], deadline: float, done: Done
+    ) -> None:
+        self.snapshot = snapshot
+        self.features = features
+        self.k = k
+        self.exclude = exclude
+        self.deadline = deadline
+        self.done = done
+        self.finished = False
 
     def finish(self, result: Answer | Exception) -> None:
         """Hand the result over once; whatever comes second (an answer after the deadline) is dropped."""
         if self.finished:
             return
         self.finished = True
-        if self.expiry is not None:
-            self.expiry.cancel()
         try:
             self.done(result)
         except Exception:
@@ -86,6 +88,7 @@ class Batcher:
         max_batch: int,
         max_wait_s: float,
         max_queue: int,
+        timeout_s: float,
         metrics: Metrics,
         monitor: RecallMonitor | None = None,
         threads: int = 1,
@@ -101,9 +104,12 @@ class Batcher:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
+        self.timeout_s = timeout_s
         self.metrics = metrics
         self.monitor = monitor
         self.waiting: deque[Job] = deque()
+        self.unanswered: deque[Job] = deque()  # waiting or computing, in arrival order: by deadline
+        self.sweeper: asyncio.TimerHandle | None = None
         self.scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
         self.filling = False  # the scheduled batch waits for `max_wait_s` to fill
         self.computing = False
@@ -119,9 +125,7 @@ class Batcher:
                 initargs=(threads,),
             )
 
-    def enqueue(
-        self, snapshot: Snapshot, features: Encoded, k: int, exclude: frozenset[int], timeout_s: float, done: Done
-    ) -> None:
+    def enqueue(self, snapshot: Snapshot, features: Encoded, k: int, exclude: frozenset[int], done: Done) -> None:
         """Queue one request; `done` is called exactly once, on the loop, with its answer or its error.
 
         Raises OverloadedError at once, without calling `done`, when the queue is full.
@@ -132,11 +136,11 @@ class Batcher:
             self.metrics.rejected.labels(reason="queue_full").inc()
             raise OverloadedError(f"{len(self.waiting)} requests are queued")
         loop = asyncio.get_running_loop()
-        job = Job(snapshot, features, k, exclude, done)
-        # One timer per request, failing it at its deadline wherever it is (queued or computing): about
-        # 0.6 µs under uvloop, which is less than tracking deadlines in the batch loop costs.
-        job.expiry = loop.call_later(timeout_s, self._expire, job, timeout_s)
+        job = Job(snapshot, features, k, exclude, loop.time() + self.timeout_s, done)
         self.waiting.append(job)
+        self.unanswered.append(job)
+        if self.sweeper is None:
+            self.sweeper = loop.call_at(job.deadline, self._sweep)
         if self.computing:
             return
         if self.scheduled is None:
@@ -147,9 +151,7 @@ class Batcher:
             self.filling = False
             self.scheduled = loop.call_soon(self._run)
 
-    async def submit(
-        self, snapshot: Snapshot, features: Encoded, k: int, exclude: frozenset[int], timeout_s: float
-    ) -> Answer:
+    async def submit(self, snapshot: Snapshot, features: Encoded, k: int, exclude: frozenset[int]) -> Answer:
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
 
         def done(result: Answer | Exception) -> None:
@@ -160,13 +162,20 @@ class Batcher:
             else:
                 future.set_exception(result)
 
-        self.enqueue(snapshot, features, k, exclude, timeout_s, done)
+        self.enqueue(snapshot, features, k, exclude, done)
         return await future
 
-    def _expire(self, job: Job, timeout_s: float) -> None:
-        if not job.finished:
-            self.metrics.rejected.labels(reason="deadline").inc()
-            job.finish(DeadlineExceededError(f"not answered within {timeout_s * 1000:.0f} ms"))
+    def _sweep(self) -> None:
+        """Fail every request past its deadline, then wait for the next oldest one's."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        unanswered = self.unanswered
+        while unanswered and (unanswered[0].finished or unanswered[0].deadline <= now):
+            job = unanswered.popleft()
+            if not job.finished:
+                self.metrics.rejected.labels(reason="deadline").inc()
+                job.finish(DeadlineExceededError(f"not answered within {self.timeout_s * 1000:.0f} ms"))
+        self.sweeper = loop.call_at(unanswered[0].deadline, self._sweep) if unanswered else None
 
     def _run(self) -> None:
         self.scheduled = None
@@ -212,6 +221,7 @@ class Batcher:
         if isinstance(result, Exception):
             for job in jobs:
                 job.finish(result)
+            self._forget_answered()
             return
         hits, queries, timings = result
         self.metrics.batch_size.observe(len(jobs))
@@ -223,15 +233,23 @@ class Batcher:
         size = len(jobs)
         for job, found in zip(jobs, hits, strict=True):
             job.finish(Answer(found, timings, size))
+        self._forget_answered()
+
+    def _forget_answered(self) -> None:
+        unanswered = self.unanswered
+        while unanswered and unanswered[0].finished:
+            unanswered.popleft()
 
     def close(self) -> None:
         """Refuse new requests and answer the queued ones with an error rather than leave them waiting."""
         self.closed = True
-        if self.scheduled is not None:
-            self.scheduled.cancel()
-            self.scheduled = None
-        while self.waiting:
-            self.waiting.popleft().finish(DeadlineExceededError("the server is shutting down"))
+        for handle in (self.scheduled, self.sweeper):
+            if handle is not None:
+                handle.cancel()
+        self.scheduled = self.sweeper = None
+        self.waiting.clear()
+        while self.unanswered:
+            self.unanswered.popleft().finish(DeadlineExceededError("the server is shutting down"))
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
 

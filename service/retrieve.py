@@ -14,8 +14,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import structlog
@@ -53,8 +52,7 @@ NO_EXCLUSIONS: frozenset[int] = frozenset()
 JSON_CONTENT: tuple[bytes, bytes] = (b"content-type", b"application/json")
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):
     """A whole response but its content length, which each transport adds."""
 
     status: int
@@ -74,12 +72,13 @@ class Retriever:
 
     def __init__(self, settings: Settings) -> None:
         self.max_body_bytes = settings.max_body_bytes
-        self.timeout_s = settings.request_timeout_ms / 1000
         self.k_default, self.k_max, self.max_exclude = settings.k_default, settings.k_max, settings.max_exclude
         self.model = retrieve_request_model(settings.k_default, settings.k_max, settings.max_exclude)
         self.holder: SnapshotHolder | None = None
         self.batcher: Batcher | None = None
         self.accepting: dict[FeatureSpec, SchemaValidator] = {}
+        self.last_spec: FeatureSpec | None = None
+        self.last_validator: SchemaValidator | None = None
 
     def attach(self, holder: SnapshotHolder | None, batcher: Batcher | None) -> None:
         self.holder, self.batcher = holder, batcher
@@ -107,16 +106,20 @@ class Retriever:
             raise NotReadyError("no snapshot is serving yet")
         features, k, exclude_ids = self.parse(snapshot.manifest.feature_spec, body)
         exclusions = frozenset(i for i in exclude_ids if INT64_MIN <= i <= INT64_MAX) if exclude_ids else NO_EXCLUSIONS
-        self.batcher.enqueue(
-            snapshot, features, k, exclusions, self.timeout_s, lambda result: reply(answered(snapshot, result))
-        )
+        self.batcher.enqueue(snapshot, features, k, exclusions, lambda result: reply(answered(snapshot, result)))
         return None
 
     def parse(self, spec: FeatureSpec, body: bytes) -> tuple[Encoded, int, list[int]]:
         """The strict one-pass validator first; what it refuses, the full path parses or names the mistake of."""
-        validator = self.accepting.get(spec)
-        if validator is None:
-            validator = self.accepting[spec] = accepting_validator(spec, self.k_default, self.k_max, self.max_exclude)
+        validator = self.last_validator
+        if spec is not self.last_spec or validator is None:
+            # The dictionary compares specs by value, which hashes the whole spec: done once per snapshot.
+            validator = self.accepting.get(spec)
+            if validator is None:
+                validator = self.accepting[spec] = accepting_validator(
+                    spec, self.k_default, self.k_max, self.max_exclude
+                )
+            self.last_spec, self.last_validator = spec, validator
         try:
             parsed = validator.validate_json(body)
             return parsed["features"], parsed["k"], parsed["exclude_ids"]

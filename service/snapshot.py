@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import faiss
 import numpy as np
@@ -21,8 +22,7 @@ class QualityGateError(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class Hits:
+class Hits(NamedTuple):
     """One query's answer as numpy rows: they serialise straight to JSON, with no Python number per hit."""
 
     ids: np.ndarray
@@ -63,10 +63,11 @@ class Snapshot:
         out: list[Hits | None] = [None] * len(ks)
         for fetch in sorted(set(fetches)):
             members = [i for i, f in enumerate(fetches) if f == fetch]
-            scores, rows = search(self.index, queries[members], fetch, self.params)
+            group = queries if len(members) == len(ks) else queries[members]
+            scores, rows = search(self.index, group, fetch, self.params)
             found: np.ndarray = rows >= 0
-            ids = self.bundle.candidate_ids.take(np.maximum(rows, 0))
-            complete = np.all(found, axis=1)
+            complete = np.asarray(found.all(axis=1))
+            ids = self.bundle.candidate_ids.take(rows if complete.all() else np.maximum(rows, 0))
             for n, i in enumerate(members):
                 k = ks[i]
                 if not excludes[i] and complete[n]:

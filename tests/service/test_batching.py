@@ -40,8 +40,10 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(snapshot: S
     excludes = [frozenset(range(i)) for i in range(48)]
 
     async def scenario(metrics: Metrics, together: bool) -> list[Hits]:
-        batcher = Batcher(max_batch=16, max_wait_s=0.002, max_queue=100, metrics=metrics, on_loop=on_loop)
-        calls = [batcher.submit(snapshot, f, k, e, 10.0) for f, k, e in zip(features, ks, excludes, strict=True)]
+        batcher = Batcher(
+            max_batch=16, max_wait_s=0.002, max_queue=100, timeout_s=10.0, metrics=metrics, on_loop=on_loop
+        )
+        calls = [batcher.submit(snapshot, f, k, e) for f, k, e in zip(features, ks, excludes, strict=True)]
         try:
             if together:
                 return [a.hits for a in await asyncio.gather(*calls)]
@@ -63,8 +65,8 @@ def test_a_full_queue_is_refused_at_once(snapshot: Snapshot) -> None:
     features = requests_for(snapshot, 1)[0]
 
     async def scenario() -> list[object]:
-        batcher = Batcher(max_batch=4, max_wait_s=0.0, max_queue=3, metrics=Metrics())
-        calls = [batcher.submit(snapshot, features, 10, frozenset(), 0.2) for _ in range(5)]
+        batcher = Batcher(max_batch=4, max_wait_s=0.0, max_queue=3, timeout_s=1.0, metrics=Metrics())
+        calls = [batcher.submit(snapshot, features, 10, frozenset()) for _ in range(5)]
         results = await asyncio.gather(*calls, return_exceptions=True)
         batcher.close()
         return results
@@ -79,9 +81,9 @@ def test_a_request_past_its_deadline_is_dropped_not_computed(snapshot: Snapshot)
     async def scenario() -> None:
         metrics = Metrics()
         # The batch waits a second to fill; the request's deadline passes long before.
-        batcher = Batcher(max_batch=4, max_wait_s=1.0, max_queue=10, metrics=metrics)
+        batcher = Batcher(max_batch=4, max_wait_s=1.0, max_queue=10, timeout_s=0.05, metrics=metrics)
         with pytest.raises(DeadlineExceededError):
-            await batcher.submit(snapshot, features, 10, frozenset(), 0.05)
+            await batcher.submit(snapshot, features, 10, frozenset())
         await asyncio.sleep(1.1)
         batcher.close()
         assert batch_count(metrics) == 0
@@ -94,9 +96,9 @@ def test_a_full_batch_does_not_wait_out_the_fill_time(snapshot: Snapshot) -> Non
     features = requests_for(snapshot, 4)
 
     async def scenario() -> float:
-        batcher = Batcher(max_batch=4, max_wait_s=5.0, max_queue=10, metrics=Metrics())
+        batcher = Batcher(max_batch=4, max_wait_s=5.0, max_queue=10, timeout_s=10.0, metrics=Metrics())
         started = time.monotonic()
-        answers = await asyncio.gather(*(batcher.submit(snapshot, f, 10, frozenset(), 10.0) for f in features))
+        answers = await asyncio.gather(*(batcher.submit(snapshot, f, 10, frozenset()) for f in features))
         batcher.close()
         assert [a.batch_size for a in answers] == [4] * 4
         return time.monotonic() - started
@@ -110,13 +112,13 @@ def test_a_failing_batch_fails_each_of_its_requests_and_the_next_batch_runs(snap
     broken = {name: value for name, value in good.items() if name != "region"}  # the tower needs every input
 
     async def scenario() -> tuple[list[object], Answer]:
-        batcher = Batcher(max_batch=8, max_wait_s=0.0, max_queue=10, metrics=Metrics(), on_loop=on_loop)
+        batcher = Batcher(max_batch=8, max_wait_s=0.0, max_queue=10, timeout_s=10.0, metrics=Metrics(), on_loop=on_loop)
         failed = await asyncio.gather(
-            batcher.submit(snapshot, good, 10, frozenset(), 10.0),
-            batcher.submit(snapshot, broken, 10, frozenset(), 10.0),
+            batcher.submit(snapshot, good, 10, frozenset()),
+            batcher.submit(snapshot, broken, 10, frozenset()),
             return_exceptions=True,
         )
-        after = await batcher.submit(snapshot, good, 10, frozenset(), 10.0)
+        after = await batcher.submit(snapshot, good, 10, frozenset())
         batcher.close()
         return failed, after
 
@@ -129,13 +131,36 @@ def test_closing_answers_what_is_queued(snapshot: Snapshot) -> None:
     features = requests_for(snapshot, 1)[0]
 
     async def scenario() -> None:
-        batcher = Batcher(max_batch=4, max_wait_s=10.0, max_queue=10, metrics=Metrics())
-        waiting = asyncio.ensure_future(batcher.submit(snapshot, features, 10, frozenset(), 30.0))
+        batcher = Batcher(max_batch=4, max_wait_s=10.0, max_queue=10, timeout_s=30.0, metrics=Metrics())
+        waiting = asyncio.ensure_future(batcher.submit(snapshot, features, 10, frozenset()))
         await asyncio.sleep(0.01)
         batcher.close()
         with pytest.raises(DeadlineExceededError, match="shutting down"):
             await waiting
         with pytest.raises(OverloadedError, match="shutting down"):
-            await batcher.submit(snapshot, features, 10, frozenset(), 30.0)
+            await batcher.submit(snapshot, features, 10, frozenset())
 
     asyncio.run(scenario())
+
+
+def test_requests_past_their_deadline_on_the_compute_thread_are_answered_in_time(snapshot: Snapshot) -> None:
+    """A deadline holds while batches compute: requests queued behind slow batches fail when it passes."""
+    features = requests_for(snapshot, 1)[0]
+    k = snapshot.manifest.num_candidates
+
+    async def scenario() -> tuple[float, list[object]]:
+        batcher = Batcher(max_batch=64, max_wait_s=0.0, max_queue=10_000, timeout_s=0.1, metrics=Metrics())
+        started = time.monotonic()
+        # k of the whole index for each of 2,000 requests: the queue drains far slower than 0.1 s.
+        results = await asyncio.gather(
+            *(batcher.submit(snapshot, features, k, frozenset()) for _ in range(2000)), return_exceptions=True
+        )
+        elapsed = time.monotonic() - started
+        batcher.close()
+        return elapsed, results
+
+    elapsed, results = asyncio.run(scenario())
+    late = [r for r in results if isinstance(r, DeadlineExceededError)]
+    answered = [r for r in results if isinstance(r, Answer)]
+    assert late and answered and len(late) + len(answered) == len(results)
+    assert elapsed < 0.1 + 0.5  # answered, or refused with a 503, about when the deadline passed
