@@ -219,6 +219,8 @@ class Batcher:
 
     def _deliver(self, jobs: list[Job], result: Computed | Exception) -> None:
         if isinstance(result, Exception):
+            if not isinstance(result, DeadlineExceededError):
+                log.error("batch_failed", error=repr(result), requests=len(jobs))
             for job in jobs:
                 job.finish(result)
             self._forget_answered()

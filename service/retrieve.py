@@ -130,10 +130,7 @@ class Retriever:
 
 def answered(snapshot: Snapshot, result: Answer | Exception) -> Reply:
     if not isinstance(result, Answer):
-        if type(result) in STATUS:
-            return error_reply(result)
-        log.error("retrieve_failed", error=repr(result))
-        return INTERNAL_ERROR
+        return error_reply(result) if type(result) in STATUS else INTERNAL_ERROR  # the batcher logged it
     timings = result.timings
     payload = orjson.dumps(
         {"ids": result.hits.ids, "scores": result.hits.scores, "snapshot": snapshot.version},

@@ -11,8 +11,9 @@ import httpx
 import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from service.http import CoalescingTransport, DirectRequest
+from service.http import CoalescingTransport, DirectRequest, direct_routes_of
 from tests.conftest import running
 
 
@@ -152,6 +153,7 @@ def test_a_direct_route_answers_on_a_kept_alive_connection_and_other_requests_ta
             response = client.post("/echo", content=b"n%d" % n)
             assert (response.status_code, response.content) == (200, b"direct:n%d" % n)
             assert response.headers["content-length"] == str(len(response.content))
+            assert "date" in response.headers  # uvicorn's default headers go out on the direct route too
         assert client.post("/echo?x=1", content=b"q").content == b"asgi:POST /echo q"
         assert client.put("/echo", content=b"p").content == b"asgi:PUT /echo p"
         assert client.post("/other", content=b"o").content == b"asgi:POST /other o"
@@ -275,3 +277,18 @@ def test_graceful_shutdown_answers_a_request_in_flight_then_closes(echo: tuple[s
         _, headers, body = read_response(sock, buffer)
         assert (body, headers["connection"]) == (b"direct:slow", "close")
         assert sock.recv(1024) == b""
+
+
+def test_direct_routes_are_found_under_uvicorns_proxy_headers_only() -> None:
+    app = EchoApp()
+
+    class Authenticating:
+        """Any other wrapper: a direct route would skip what it does, so its routes must stay hidden."""
+
+        def __init__(self, inner: EchoApp) -> None:
+            self.app = inner
+
+    assert direct_routes_of(app) == app.direct_routes
+    assert direct_routes_of(ProxyHeadersMiddleware(app)) == app.direct_routes  # type: ignore[arg-type]
+    assert direct_routes_of(Authenticating(app)) == {}
+    assert direct_routes_of(two_message_app) == {}
