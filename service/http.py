@@ -81,6 +81,14 @@ class DirectRoute(Protocol):
 Headers = list[tuple[bytes, bytes]]
 
 
+def header_value(headers: Headers, name: bytes) -> str | None:
+    """The first value of a header, by its lower-case name, as uvicorn lists them for both paths."""
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 class _NoEvent:
     """uvicorn sets its cycle's message event when the connection drops; a direct request has no waiter."""
 
@@ -106,10 +114,7 @@ class DirectRequest:
         self.disconnected = False
 
     def header(self, name: bytes) -> str | None:
-        for key, value in self.headers:
-            if key == name:
-                return value.decode("latin-1")
-        return None
+        return header_value(self.headers, name)
 
     def respond(self, status: int, headers: Headers, body: bytes) -> None:
         """Send the whole response in one write; nothing happens if the client has gone or it was answered."""

@@ -35,7 +35,7 @@ from service.errors import (
     error_parts,
 )
 from service.holder import SnapshotHolder
-from service.http import DirectRequest, Headers
+from service.http import DirectRequest, Headers, header_value
 from service.logs import REQUEST_ID
 from service.metrics import Metrics
 from service.requests import accepting_validator, retrieve_request_model
@@ -222,7 +222,7 @@ class TimingMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = self.clock.request_id(_header(scope, b"x-request-id"))
+        request_id = self.clock.request_id(header_value(scope["headers"], b"x-request-id"))
         status = 500
 
         async def send_with_headers(message: Message) -> None:
@@ -259,7 +259,7 @@ class RetrieveASGI:
             await self.rest(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = self.clock.request_id(_header(scope, b"x-request-id"))
+        request_id = self.clock.request_id(header_value(scope["headers"], b"x-request-id"))
         token = REQUEST_ID.set(request_id)
         status = 499  # the client went away before an answer: nginx's code for it
         try:
@@ -280,7 +280,7 @@ class RetrieveASGI:
 
 
 async def reply_to(retriever: Retriever, scope: Scope, receive: Receive) -> Reply:
-    declared = _header(scope, b"content-length")
+    declared = header_value(scope["headers"], b"content-length")
     oversized = declared is not None and declared.isdigit() and int(declared) > retriever.max_body_bytes
     body = None if oversized else await read_body(receive, retriever.max_body_bytes)
     replied: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
@@ -289,7 +289,7 @@ async def reply_to(retriever: Retriever, scope: Scope, receive: Receive) -> Repl
         if not replied.done():  # the request's task was cancelled: its client has gone
             replied.set_result(reply)
 
-    retriever.start(_header(scope, b"content-type"), body, deliver)
+    retriever.start(header_value(scope["headers"], b"content-type"), body, deliver)
     return await replied
 
 
@@ -307,10 +307,3 @@ async def read_body(receive: Receive, limit: int) -> bytes | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
